@@ -1,0 +1,127 @@
+package routes
+
+import (
+	"crypto/tls"
+	"time"
+)
+
+// Route is one compiled entry of the route table. It is immutable once the
+// table is built and shared by every request that matches it.
+type Route struct {
+	// Name identifies the route in logs: the YAML "name" or "routes[N]".
+	Name string
+	// Index is the position of the route in the file (0-based); ties in
+	// matching go to the lower index.
+	Index int
+
+	// Hosts are the lower-cased host patterns the route answers to: exact
+	// names ("api.example.com") or one-label wildcards ("*.example.com").
+	// Empty means any host.
+	Hosts []string
+	// Path, when set, matches the request path exactly.
+	Path string
+	// PathPrefix, when set, matches the path and every path below it, on a
+	// segment boundary: "/api" matches "/api" and "/api/x", never "/apix".
+	PathPrefix string
+	// Methods restricts the route to these upper-case methods; empty means all.
+	Methods []string
+
+	// Upstream receives the request; nil for built-in handlers.
+	Upstream *Upstream
+	// StripPrefix removes PathPrefix from the path before forwarding.
+	StripPrefix bool
+	// RequestHeaders edits the request sent to the upstream.
+	RequestHeaders HeaderOps
+	// ResponseHeaders edits the response sent to the client.
+	ResponseHeaders HeaderOps
+	// MaxRequestBody caps the request body in bytes (413 beyond it).
+	MaxRequestBody int64
+	// WebSocket holds the route's WebSocket settings.
+	WebSocket WebSocket
+
+	// Respond, Redirect and Static are built-in handlers used instead of
+	// an upstream; at most one of them and Upstream is set.
+	Respond  *Respond
+	Redirect *Redirect
+	Static   *Static
+}
+
+// HeaderOps lists header edits, applied removals first, then sets.
+type HeaderOps struct {
+	// Set replaces (or adds) each header, in file order.
+	Set []Header
+	// Remove deletes headers by name (case-insensitive).
+	Remove []string
+}
+
+// Header is one name/value pair.
+type Header struct {
+	Name, Value string
+}
+
+// WebSocket holds the per-route WebSocket settings.
+type WebSocket struct {
+	// Enabled allows WebSocket upgrades on the route. When false, an
+	// upgrade request is forwarded as plain HTTP without its Upgrade header.
+	Enabled bool
+	// Origins is the allow-list of Origin values (scheme://host[:port],
+	// lower-case); empty allows every origin.
+	Origins []string
+	// MaxMessageSize caps one message in bytes (close 1009 beyond it);
+	// 0 means unlimited.
+	MaxMessageSize int64
+	// IdleTimeout closes a session (1001 to both sides) after no frame in
+	// either direction for this long; 0 disables it.
+	IdleTimeout time.Duration
+	// HandshakeTimeout bounds dialling the backend and its 101 answer.
+	HandshakeTimeout time.Duration
+}
+
+// Upstream is a named group of backend targets.
+type Upstream struct {
+	// Name is the key of the upstream in the YAML upstreams map.
+	Name string
+	// Targets are the backend servers, used round-robin.
+	Targets []Target
+	// TLS is the client configuration for https targets; nil when every
+	// target is plain http.
+	TLS *tls.Config
+	// ConnectTimeout bounds the TCP (and TLS) connect to a target.
+	ConnectTimeout time.Duration
+	// ResponseTimeout bounds the wait for the response head, and each
+	// later silence while reading the response body (like nginx's
+	// proxy_read_timeout).
+	ResponseTimeout time.Duration
+	// MaxConnections caps open connections per target.
+	MaxConnections int
+}
+
+// Target is one backend server of an upstream.
+type Target struct {
+	// Scheme is "http" or "https".
+	Scheme string
+	// Addr is host:port, with the default port filled in.
+	Addr string
+}
+
+// TLS reports whether the target is reached over TLS.
+func (t Target) TLS() bool { return t.Scheme == "https" }
+
+// Respond is a built-in handler answering with a fixed status and body.
+type Respond struct {
+	Status int
+	Body   string
+}
+
+// Redirect is a built-in handler answering with a redirect.
+type Redirect struct {
+	// To is the Location value.
+	To string
+	// Status is 301, 302, 303, 307 or 308.
+	Status int
+}
+
+// Static is a built-in handler serving files below Root.
+type Static struct {
+	Root string
+}
