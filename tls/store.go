@@ -1,0 +1,174 @@
+package tls
+
+import (
+	stdtls "crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Pair names one certificate chain file and its key file (PEM).
+type Pair struct{ CertFile, KeyFile string }
+
+// Options configures [Load].
+type Options struct {
+	// Pairs are the certificates to serve, at least one. The first is the
+	// default, served when SNI is missing, is an IP address or matches no
+	// other certificate; for names served by several pairs the earlier wins.
+	Pairs []Pair
+	// MinVersion is stdtls.VersionTLS12 or stdtls.VersionTLS13. Default
+	// (zero) TLS 1.2.
+	MinVersion uint16
+	// Logger receives reload and watch messages. Default (nil) slog.Default().
+	Logger *slog.Logger
+}
+
+// Store holds the loaded certificates and swaps them atomically on reload.
+// It is safe for concurrent use.
+type Store struct {
+	pairs      []Pair
+	minVersion uint16
+	log        *slog.Logger
+
+	idx atomic.Pointer[index] // current certificates; never nil after Load
+
+	mu    sync.Mutex // serialises loads, so the newest read always lands last
+	stats []fileStat // guarded by mu; files as of the last load attempt
+}
+
+// Load reads and parses every pair in o.Pairs. Errors name the files, one
+// per broken pair: `load certificate "a.pem": open a.pem: no such file or
+// directory`.
+func Load(o Options) (*Store, error) {
+	if len(o.Pairs) == 0 {
+		return nil, errors.New("load certificates: no certificate pairs")
+	}
+	switch o.MinVersion {
+	case 0:
+		o.MinVersion = stdtls.VersionTLS12
+	case stdtls.VersionTLS12, stdtls.VersionTLS13:
+	default:
+		return nil, fmt.Errorf("load certificates: unsupported minimum TLS version %#04x (want TLS 1.2 or 1.3)", o.MinVersion)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	s := &Store{
+		pairs:      append([]Pair(nil), o.Pairs...),
+		minVersion: o.MinVersion,
+		log:        o.Logger,
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx, err := s.loadLocked()
+	if err != nil {
+		return nil, err
+	}
+	s.idx.Store(idx)
+	s.logLoaded("certificates loaded", idx)
+	return s, nil
+}
+
+// Config returns a server configuration that selects certificates by SNI
+// through GetCertificate, with MinVersion from [Options] and NextProtos
+// ["http/1.1"]. Each call returns a new *Config the caller may modify; any
+// of them may be used for the whole life of the Store, because reloads
+// take effect through GetCertificate.
+func (s *Store) Config() *stdtls.Config {
+	return &stdtls.Config{
+		GetCertificate: s.getCertificate,
+		MinVersion:     s.minVersion,
+		NextProtos:     []string{"http/1.1"},
+	}
+}
+
+// Reload re-reads every pair. On any error it keeps the certificates it
+// had and returns the error; on success new handshakes get the new set
+// and it logs "certificates reloaded" with the names served.
+func (s *Store) Reload() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reloadLocked()
+}
+
+// reloadLocked is Reload with s.mu held.
+func (s *Store) reloadLocked() error {
+	idx, err := s.loadLocked()
+	if err != nil {
+		return err
+	}
+	s.idx.Store(idx)
+	s.logLoaded("certificates reloaded", idx)
+	return nil
+}
+
+// getCertificate is the GetCertificate callback of [Store.Config].
+func (s *Store) getCertificate(hello *stdtls.ClientHelloInfo) (*stdtls.Certificate, error) {
+	return s.idx.Load().lookup(hello.ServerName), nil
+}
+
+// loadLocked reads all pairs and builds an index. It records the files'
+// stats in s.stats whether or not loading succeeds, so a watcher retries
+// only after a file changes again. s.mu must be held.
+func (s *Store) loadLocked() (*index, error) {
+	// Stat before reading: a change that lands between the two then shows
+	// up as a difference on the next check instead of being missed.
+	s.stats = statPairs(s.pairs, s.stats[:0])
+	certs := make([]*stdtls.Certificate, 0, len(s.pairs))
+	var errs []error
+	for _, p := range s.pairs {
+		c, err := loadPair(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		certs = append(certs, c)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return newIndex(certs), nil
+}
+
+// loadPair reads and parses one pair and makes sure its Leaf is set.
+func loadPair(p Pair) (*stdtls.Certificate, error) {
+	certPEM, err := os.ReadFile(p.CertFile)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate %q: %w", p.CertFile, err)
+	}
+	keyPEM, err := os.ReadFile(p.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate %q: %w", p.CertFile, err)
+	}
+	c, err := stdtls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate %q with key %q: %w", p.CertFile, p.KeyFile, err)
+	}
+	// X509KeyPair sets Leaf since Go 1.23 unless GODEBUG x509keypairleaf=0.
+	if c.Leaf == nil {
+		c.Leaf, err = x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			return nil, fmt.Errorf("load certificate %q: parse leaf: %w", p.CertFile, err)
+		}
+	}
+	return &c, nil
+}
+
+// logLoaded logs msg with the names served, and warns about certificates
+// outside their validity period: they load, but clients will reject them.
+func (s *Store) logLoaded(msg string, idx *index) {
+	s.log.Info(msg, "names", idx.names)
+	now := time.Now()
+	for i, c := range idx.certs {
+		if now.Before(c.Leaf.NotBefore) || now.After(c.Leaf.NotAfter) {
+			s.log.Warn("certificate outside its validity period",
+				"cert_file", s.pairs[i].CertFile,
+				"not_before", c.Leaf.NotBefore, "not_after", c.Leaf.NotAfter)
+		}
+	}
+}
