@@ -1,0 +1,371 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/wsgate/wsgate/routes"
+)
+
+// Options configures a [Handler].
+type Options struct {
+	// Routes is the route table; required.
+	Routes *routes.Table
+	// TrustedProxies are the peers whose X-Forwarded-* headers are kept.
+	TrustedProxies []netip.Prefix
+	// WriteTimeout is the longest silence allowed while writing to a
+	// client (streamed bodies, WebSocket frames). Default 60s.
+	WriteTimeout time.Duration
+	// BodyTimeout is the longest silence allowed between two reads of a
+	// streamed request body. Default 60s.
+	BodyTimeout time.Duration
+	// AccessLog logs one line per HTTP request at info level.
+	AccessLog bool
+	// Logger receives all logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Handler is the fasthttp request handler of wsgate: it matches routes,
+// forwards HTTP, performs both WebSocket handshakes and owns the relays.
+// It is safe for concurrent use.
+type Handler struct {
+	table     *routes.Table
+	trusted   []netip.Prefix
+	write     time.Duration
+	body      time.Duration
+	accessLog bool
+	log       *slog.Logger
+	pools     map[*routes.Upstream]*pool // read-only after New
+	statics   map[*routes.Route]fasthttp.RequestHandler
+
+	mu        sync.Mutex
+	sessions  map[*session]struct{} // guarded by mu
+	upgrading int                   // guarded by mu: handshakes in progress
+	draining  bool                  // guarded by mu
+	changed   chan struct{}         // guarded by mu: closed when the two above shrink
+}
+
+// New returns a handler for o.Routes.
+func New(o Options) *Handler {
+	h := &Handler{
+		table:     o.Routes,
+		trusted:   o.TrustedProxies,
+		write:     o.WriteTimeout,
+		body:      o.BodyTimeout,
+		accessLog: o.AccessLog,
+		log:       o.Logger,
+		pools:     map[*routes.Upstream]*pool{},
+		statics:   map[*routes.Route]fasthttp.RequestHandler{},
+		sessions:  map[*session]struct{}{},
+		changed:   make(chan struct{}),
+	}
+	if h.write <= 0 {
+		h.write = 60 * time.Second
+	}
+	if h.body <= 0 {
+		h.body = 60 * time.Second
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	for _, r := range h.table.Routes() {
+		if r.Upstream != nil && h.pools[r.Upstream] == nil {
+			h.pools[r.Upstream] = newPool(r.Upstream)
+		}
+		if r.Static != nil {
+			h.statics[r] = newStatic(r)
+		}
+	}
+	return h
+}
+
+// ServeHTTP handles one request. It recovers panics into 500 so that a bug
+// costs one request, not the process.
+func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
+	defer func() {
+		if v := recover(); v != nil {
+			h.log.Error("panic in handler", "panic", fmt.Sprint(v), "uri", string(ctx.RequestURI()))
+			ctx.Response.Reset()
+			plainError(ctx, fasthttp.StatusInternalServerError, "internal error")
+			ctx.SetConnectionClose()
+		}
+	}()
+	if status, msg := checkFraming(ctx); status != 0 {
+		plainError(ctx, status, msg)
+		ctx.SetConnectionClose()
+		h.logRequest(ctx, nil, status, "")
+		return
+	}
+	r := h.table.Match(ctx.Method(), ctx.Host(), ctx.Path())
+	if r == nil {
+		plainError(ctx, fasthttp.StatusNotFound, "no route")
+		h.logRequest(ctx, nil, fasthttp.StatusNotFound, "")
+		return
+	}
+	switch {
+	case r.Respond != nil:
+		ctx.SetStatusCode(r.Respond.Status)
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString(r.Respond.Body)
+	case r.Redirect != nil:
+		ctx.Response.Header.Set("Location", r.Redirect.To)
+		ctx.SetStatusCode(r.Redirect.Status)
+	case r.Static != nil:
+		h.statics[r](ctx)
+	case isUpgradeAttempt(ctx) && r.WebSocket.Enabled:
+		h.serveWebSocket(ctx, r)
+		return
+	default:
+		h.serveHTTP(ctx, r)
+		return
+	}
+	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
+	h.logRequest(ctx, r, ctx.Response.StatusCode(), "")
+}
+
+// ErrorHandler answers requests fasthttp could not parse. Set it as
+// fasthttp.Server.ErrorHandler.
+func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
+	status, msg := fasthttp.StatusBadRequest, "bad request"
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.As(err, &small):
+		status, msg = fasthttp.StatusRequestHeaderFieldsTooLarge, "request header too large"
+	case isTimeout(err):
+		status, msg = fasthttp.StatusRequestTimeout, "request timeout"
+	case errors.Is(err, fasthttp.ErrUnsupportedTransferEncoding):
+		status, msg = fasthttp.StatusNotImplemented, "unsupported transfer coding"
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		status, msg = fasthttp.StatusRequestEntityTooLarge, "request body too large"
+	}
+	plainError(ctx, status, msg)
+	h.log.Info("bad request", "status", status, "client", ctx.RemoteAddr().String(), "error", err.Error())
+}
+
+// plainError writes a short plain-text error response.
+func plainError(ctx *fasthttp.RequestCtx, status int, msg string) {
+	ctx.Response.ResetBody()
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("text/plain; charset=utf-8")
+	ctx.SetBodyString(msg + "\n")
+}
+
+// checkFraming refuses requests whose framing a later hop could read
+// differently (RFC 9112 §6.1, §6.3): Content-Length together with
+// Transfer-Encoding, a transfer coding other than chunked, duplicate Host.
+// fasthttp itself rejects duplicate and invalid Content-Length.
+func checkFraming(ctx *fasthttp.RequestCtx) (int, string) {
+	raw := ctx.Request.Header.RawHeaders()
+	var cl, te, host int
+	var teValue []byte
+	for len(raw) > 0 {
+		var line []byte
+		if i := indexCRLF(raw); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			line, raw = raw, nil
+		}
+		colon := indexByteOf(line, ':')
+		if colon <= 0 {
+			continue
+		}
+		name := line[:colon]
+		switch {
+		case equalFoldASCII(name, "content-length"):
+			cl++
+		case equalFoldASCII(name, "transfer-encoding"):
+			te++
+			teValue = trimOWS(line[colon+1:])
+		case equalFoldASCII(name, "host"):
+			host++
+		}
+	}
+	switch {
+	case cl > 0 && te > 0:
+		return fasthttp.StatusBadRequest, "both Content-Length and Transfer-Encoding"
+	case te > 0 && !equalFoldASCII(teValue, "chunked"):
+		return fasthttp.StatusNotImplemented, "unsupported transfer coding"
+	case host > 1:
+		return fasthttp.StatusBadRequest, "duplicate Host"
+	case host == 0 && ctx.Request.Header.IsHTTP11():
+		return fasthttp.StatusBadRequest, "missing Host"
+	}
+	return 0, ""
+}
+
+func indexCRLF(b []byte) int {
+	for i, c := range b {
+		if c == '\n' {
+			return i
+		}
+	}
+	return -1
+}
+
+func indexByteOf(b []byte, c byte) int {
+	for i := range b {
+		if b[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func trimOWS(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func equalFoldASCII(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		c := b[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// logRequest writes the access log line of a request answered in the handler.
+func (h *Handler) logRequest(ctx *fasthttp.RequestCtx, r *routes.Route, status int, backend string) {
+	if !h.accessLog {
+		return
+	}
+	route := ""
+	if r != nil {
+		route = r.Name
+	}
+	h.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
+		slog.String("method", string(ctx.Method())),
+		slog.String("host", string(ctx.Host())),
+		slog.String("uri", string(ctx.RequestURI())),
+		slog.Int("status", status),
+		slog.String("route", route),
+		slog.String("backend", backend),
+		slog.String("client", ctx.RemoteAddr().String()),
+		slog.Int64("duration_ms", time.Since(ctx.Time()).Milliseconds()),
+	)
+}
+
+// Sessions returns the number of live WebSocket sessions.
+func (h *Handler) Sessions() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.sessions)
+}
+
+// beginUpgrade counts a handshake in progress; it fails while draining.
+func (h *Handler) beginUpgrade() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.draining {
+		return false
+	}
+	h.upgrading++
+	return true
+}
+
+// endUpgrade ends a handshake; s is the session it produced, or nil.
+func (h *Handler) endUpgrade(s *session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.upgrading--
+	if s != nil {
+		h.sessions[s] = struct{}{}
+		if h.draining {
+			s.goAway() // not started yet: run sends the 1001
+		}
+	}
+	h.signalLocked()
+}
+
+func (h *Handler) removeSession(s *session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.sessions, s)
+	h.signalLocked()
+}
+
+func (h *Handler) signalLocked() {
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// Drain refuses new WebSocket upgrades, sends close 1001 "going away" to
+// both legs of every session and waits until all sessions have ended or ctx
+// is done. Then it cuts what is left and returns ctx.Err(), so a forced
+// drain is visible to the caller. fasthttp's Shutdown ignores hijacked
+// connections, which is why this exists; run both side by side.
+func (h *Handler) Drain(ctx context.Context) error {
+	h.mu.Lock()
+	h.draining = true
+	list := make([]*session, 0, len(h.sessions))
+	for s := range h.sessions {
+		list = append(list, s)
+	}
+	h.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, s := range list {
+		// Each goAway may wait for a frame in flight to finish: in
+		// parallel, so one slow client cannot hold up the rest.
+		wg.Go(s.goAway)
+	}
+	defer wg.Wait()
+	for {
+		h.mu.Lock()
+		n := len(h.sessions) + h.upgrading
+		ch := h.changed
+		h.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			h.forceClose()
+			return ctx.Err()
+		}
+	}
+}
+
+// forceClose cuts every session's connections and waits for the sessions
+// to end (they do at once: their pumps fail on the closed connections).
+func (h *Handler) forceClose() {
+	for {
+		h.mu.Lock()
+		n := len(h.sessions)
+		ch := h.changed
+		for s := range h.sessions {
+			s.closeConns()
+		}
+		h.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-time.After(closeWait):
+			h.log.Warn("sessions did not end after their connections were closed", "sessions", n)
+			return
+		}
+	}
+}

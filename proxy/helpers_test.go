@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/wsgate/wsgate/routes"
+)
+
+// startBackend serves h on 127.0.0.1:0 until the test ends and returns
+// its address.
+func startBackend(t testing.TB, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		srv.Close()
+	})
+	return ln.Addr().String()
+}
+
+// testProxy is a wsgate handler serving on 127.0.0.1:0.
+type testProxy struct {
+	h    *Handler
+	addr string
+	logs *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// upstream returns an upstream of plain http targets.
+func upstream(addrs ...string) *routes.Upstream {
+	up := &routes.Upstream{
+		Name:            "test",
+		ConnectTimeout:  2 * time.Second,
+		ResponseTimeout: 5 * time.Second,
+		MaxConnections:  64,
+	}
+	for _, a := range addrs {
+		up.Targets = append(up.Targets, routes.Target{Scheme: "http", Addr: a})
+	}
+	return up
+}
+
+// wsRoute returns a catch-all route to up with WebSocket enabled.
+func wsRoute(up *routes.Upstream) *routes.Route {
+	return &routes.Route{
+		Name:           "test",
+		PathPrefix:     "/",
+		Upstream:       up,
+		MaxRequestBody: 1 << 30,
+		WebSocket: routes.WebSocket{
+			Enabled:          true,
+			HandshakeTimeout: 2 * time.Second,
+			IdleTimeout:      time.Hour,
+		},
+	}
+}
+
+// startProxy serves the given routes on 127.0.0.1:0 until the test ends.
+func startProxy(t testing.TB, rs ...*routes.Route) *testProxy {
+	t.Helper()
+	table, err := routes.New(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	h := New(Options{
+		Routes:    table,
+		AccessLog: true,
+		Logger:    slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	srv := NewServer(h, ServerOptions{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.ShutdownWithContext(ctx)
+		h.Drain(ctx)
+		<-done
+		if t.Failed() {
+			t.Logf("proxy logs:\n%s", logs.String())
+		}
+	})
+	return &testProxy{h: h, addr: ln.Addr().String(), logs: logs}
+}
+
+// echoWS is a net/http WebSocket backend that echoes every message with
+// its type; it picks the subprotocol "chat.v2" when offered.
+func echoWS(t testing.TB) http.Handler {
+	up := websocket.Upgrader{Subprotocols: []string{"chat.v2"}, CheckOrigin: func(*http.Request) bool { return true }}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, http.Header{"Set-Cookie": {"a=1", "b=2"}})
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			mt, rd, err := c.NextReader()
+			if err != nil {
+				return
+			}
+			wr, err := c.NextWriter(mt)
+			if err != nil {
+				return
+			}
+			if _, err := io.Copy(wr, rd); err != nil {
+				return
+			}
+			if err := wr.Close(); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// dialWS opens a WebSocket to the proxy.
+func dialWS(t testing.TB, addr, path string, hdr http.Header) (*websocket.Conn, *http.Response) {
+	t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	c, resp, err := d.Dial("ws://"+addr+path, hdr)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s%s: %v (status %d)", addr, path, err, status)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, resp
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not a wait for an event
+	}
+}
+
+// rawExchange writes a raw request to addr and reads n responses. Each
+// response's body is read into resp.Body's place (readBody). The
+// connection is returned for further checks and closed at cleanup.
+func rawExchange(t testing.TB, addr, req string, n int) ([]*http.Response, []string, net.Conn) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	var resps []*http.Response
+	var bodies []string
+	for range n {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("read response %d: %v", len(resps)+1, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("read body %d: %v", len(resps)+1, err)
+		}
+		resps = append(resps, resp)
+		bodies = append(bodies, string(b))
+	}
+	return resps, bodies, &bufConn{Conn: c, r: br}
+}
+
+// bufConn reads through the bufio.Reader that parsed the responses.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// rawStatus sends one raw request and returns the response status code.
+func rawStatus(t testing.TB, addr, req string) (*http.Response, string) {
+	t.Helper()
+	resps, bodies, _ := rawExchange(t, addr, req, 1)
+	return resps[0], bodies[0]
+}
+
+// closedAfter reports whether the server closes c (EOF) without sending
+// anything more.
+func closedAfter(t testing.TB, c net.Conn) bool {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	n, err := c.Read(b[:])
+	return n == 0 && err == io.EOF
+}

@@ -1,0 +1,353 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/wsgate/wsgate/routes"
+)
+
+// pool holds one fasthttp.HostClient per target of an upstream and picks
+// targets round-robin.
+type pool struct {
+	up      *routes.Upstream
+	targets []*target
+	next    atomic.Uint32
+}
+
+type target struct {
+	routes.Target
+	client *fasthttp.HostClient
+}
+
+func newPool(up *routes.Upstream) *pool {
+	p := &pool{up: up}
+	for _, t := range up.Targets {
+		p.targets = append(p.targets, &target{Target: t, client: newHostClient(up, t)})
+	}
+	return p
+}
+
+func newHostClient(up *routes.Upstream, t routes.Target) *fasthttp.HostClient {
+	connect := up.ConnectTimeout
+	if connect <= 0 {
+		connect = 5 * time.Second
+	}
+	c := &fasthttp.HostClient{
+		Addr:  t.Addr,
+		IsTLS: t.TLS(),
+		Dial: func(addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{Timeout: connect}).Dial("tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return &readIdleConn{Conn: c, timeout: up.ResponseTimeout}, nil
+		},
+		MaxConns:                 up.MaxConnections,
+		MaxConnWaitTimeout:       connect,
+		StreamResponseBody:       true,
+		NoDefaultUserAgentHeader: true,
+		DisablePathNormalizing:   true,
+		ReadBufferSize:           16 << 10, // also the response head limit
+		MaxIdleConnDuration:      30 * time.Second,
+		RetryIfErr:               retryIfErr,
+	}
+	if t.TLS() {
+		c.TLSConfig = up.TLS
+		if c.TLSConfig == nil {
+			c.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+	}
+	return c
+}
+
+// retryIfErr retries an idempotent request once when a pooled keep-alive
+// connection turned out to be closed by the backend before it answered;
+// never on timeouts (a 504 must not take several response timeouts).
+func retryIfErr(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	if attempts > 1 {
+		return false, false
+	}
+	switch string(req.Header.Method()) {
+	case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE":
+	default:
+		return false, false
+	}
+	return true, errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// readIdleConn applies the upstream response timeout to every read: the
+// response head must start, and the body keep flowing, within it (like
+// nginx's proxy_read_timeout). HostClient.ReadTimeout would instead cut
+// long streams such as server-sent events.
+type readIdleConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *readIdleConn) Read(p []byte) (int, error) {
+	if c.timeout > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	}
+	return c.Conn.Read(p)
+}
+
+// SetReadDeadline is a no-op: Read owns the read deadline.
+func (c *readIdleConn) SetReadDeadline(time.Time) error { return nil }
+
+// pick returns the targets in the order to try: round-robin start, then
+// the others, so a refused connection moves on to the next target.
+func (p *pool) pick() (first int) {
+	return int(p.next.Add(1)-1) % len(p.targets)
+}
+
+// serveHTTP forwards a plain HTTP request to r's upstream and streams the
+// response back.
+func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
+	p := h.pools[r.Upstream]
+	limit := r.MaxRequestBody
+
+	// Body limit before any byte goes upstream (413).
+	if cl := ctx.Request.Header.ContentLength(); limit > 0 && int64(cl) > limit {
+		h.fail(ctx, r, "", fasthttp.StatusRequestEntityTooLarge, "request body too large", nil)
+		ctx.SetConnectionClose()
+		return
+	}
+
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	ctx.Request.Header.CopyTo(&req.Header)
+	req.Header.ResetConnectionClose()
+	removeHopByHop(&req.Header)
+	setForwarded(&req.Header, &ctx.Request.Header, peerAddr(ctx), ctx.IsTLS(), h.trusted)
+	applyRequestOps(&req.Header, &r.RequestHeaders)
+	setUpstreamURI(req, ctx, r)
+
+	var body *requestBody
+	if stream := ctx.RequestBodyStream(); stream != nil {
+		body = &requestBody{r: stream, limit: limit, conn: ctx.Conn(), timeout: h.body}
+		req.SetBodyStream(body, ctx.Request.Header.ContentLength())
+	} else {
+		req.SetBodyRaw(ctx.Request.Body())
+	}
+
+	resp := fasthttp.AcquireResponse()
+	var (
+		err error
+		t   *target
+	)
+	start := p.pick()
+	for i := range p.targets {
+		t = p.targets[(start+i)%len(p.targets)]
+		req.URI().SetScheme(t.Scheme)
+		err = t.client.Do(req, resp)
+		// Only a refused connect moves on: nothing was sent, so the
+		// request (even a streamed body) is intact.
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+			break
+		}
+	}
+	if body != nil && !body.eof {
+		// The client's body was not read to its end: the connection
+		// cannot carry another request.
+		ctx.SetConnectionClose()
+	}
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		status, msg := upstreamStatus(err)
+		if body != nil && body.tooLarge {
+			status, msg = fasthttp.StatusRequestEntityTooLarge, "request body too large"
+		}
+		h.fail(ctx, r, t.Addr, status, msg, err)
+		return
+	}
+
+	ctx.Response.Header.SetStatusCode(resp.StatusCode())
+	resp.Header.CopyTo(&ctx.Response.Header)
+	ctx.Response.Header.ResetConnectionClose()
+	removeHopByHop(&ctx.Response.Header)
+	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
+
+	stream := resp.BodyStream()
+	if stream == nil || ctx.IsHead() {
+		if !ctx.IsHead() {
+			ctx.Response.SetBody(resp.Body())
+		}
+		fasthttp.ReleaseResponse(resp)
+		h.logRequest(ctx, r, ctx.Response.StatusCode(), t.Addr)
+		return
+	}
+	size := resp.Header.ContentLength()
+	if size < 0 {
+		size = -1 // chunked toward the client, also for read-until-close bodies
+	}
+	rb := &responseBody{
+		h: h, resp: resp, r: stream, conn: ctx.Conn(), timeout: h.write,
+		logAttrs: h.accessAttrs(ctx, r, t.Addr),
+		status:   resp.StatusCode(),
+		start:    ctx.Time(),
+	}
+	// fasthttp writes the body after the handler returns and then calls
+	// rb.Close, which releases the upstream connection.
+	ctx.Response.SetBodyStream(rb, size)
+}
+
+// setUpstreamURI sets the request target sent upstream: the normalised
+// path that routing saw (so the backend acts on what was matched), minus
+// the route prefix with strip_prefix, plus the query.
+func setUpstreamURI(req *fasthttp.Request, ctx *fasthttp.RequestCtx, r *routes.Route) {
+	u := req.URI()
+	path := ctx.Path()
+	if r.StripPrefix && r.PathPrefix != "" {
+		prefix := strings.TrimSuffix(r.PathPrefix, "/")
+		if len(path) >= len(prefix) && string(path[:len(prefix)]) == prefix {
+			path = path[len(prefix):]
+		}
+		if len(path) == 0 || path[0] != '/' {
+			var buf [512]byte
+			path = append(append(buf[:0], '/'), path...)
+		}
+	}
+	u.SetPathBytes(path)
+	u.SetQueryStringBytes(ctx.URI().QueryString())
+	u.SetHostBytes(ctx.Host())
+}
+
+// upstreamStatus maps an upstream error to the status the client gets:
+// timeouts 504, no free connection 503, anything else (refused, reset,
+// garbage instead of HTTP) 502.
+func upstreamStatus(err error) (int, string) {
+	switch {
+	case errors.Is(err, fasthttp.ErrTimeout), errors.Is(err, fasthttp.ErrDialTimeout), isTimeout(err):
+		return fasthttp.StatusGatewayTimeout, "upstream timed out"
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
+		return fasthttp.StatusServiceUnavailable, "upstream busy"
+	}
+	return fasthttp.StatusBadGateway, "bad gateway"
+}
+
+// fail answers with a short plain error and logs the cause.
+func (h *Handler) fail(ctx *fasthttp.RequestCtx, r *routes.Route, backend string, status int, msg string, err error) {
+	ctx.Response.Reset()
+	plainError(ctx, status, msg)
+	if err != nil {
+		h.log.Warn("upstream error", "route", r.Name, "backend", backend, "status", status, "error", err.Error())
+	}
+	h.logRequest(ctx, r, status, backend)
+}
+
+var errBodyTooLarge = errors.New("request body too large")
+
+// requestBody streams a client's request body upstream, enforcing the
+// route's size limit (fasthttp's MaxRequestBodySize does not apply to
+// streamed bodies) and a read-inactivity timeout.
+type requestBody struct {
+	r        io.Reader
+	limit    int64
+	n        int64
+	conn     net.Conn
+	timeout  time.Duration
+	eof      bool
+	tooLarge bool
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	if b.timeout > 0 {
+		_ = b.conn.SetReadDeadline(time.Now().Add(b.timeout))
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if b.limit > 0 && b.n > b.limit {
+		b.tooLarge = true
+		return 0, errBodyTooLarge
+	}
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+// responseBody streams an upstream response to the client. Each chunk
+// moves the client write deadline forward, so a long stream (server-sent
+// events) lives as long as it keeps flowing. Close releases the upstream
+// connection and writes the access log; closing before the end means the
+// client went away (logged as 499) or the upstream broke.
+type responseBody struct {
+	h        *Handler
+	resp     *fasthttp.Response
+	r        io.Reader
+	conn     net.Conn
+	timeout  time.Duration
+	n        int64
+	eof      bool
+	readErr  error
+	logAttrs []slog.Attr
+	status   int
+	start    time.Time
+}
+
+func (b *responseBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if n > 0 && b.timeout > 0 {
+		_ = b.conn.SetWriteDeadline(time.Now().Add(b.timeout))
+	}
+	switch {
+	case err == io.EOF:
+		b.eof = true
+	case err != nil:
+		b.readErr = err
+	}
+	return n, err
+}
+
+func (b *responseBody) Close() error {
+	_ = b.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(b.resp)
+	if !b.h.accessLog && b.readErr == nil {
+		return nil
+	}
+	attrs := append(b.logAttrs,
+		slog.Int64("bytes", b.n),
+		slog.Int64("duration_ms", time.Since(b.start).Milliseconds()))
+	status, level, msg := b.status, slog.LevelInfo, "request"
+	switch {
+	case b.readErr != nil:
+		// The upstream broke mid-body; fasthttp aborts the client
+		// connection, so the truncation is visible.
+		level, msg = slog.LevelWarn, "upstream body error"
+		attrs = append(attrs, slog.String("error", b.readErr.Error()))
+	case !b.eof:
+		status = 499 // fasthttp stopped reading: the client went away
+	}
+	attrs = append(attrs, slog.Int("status", status))
+	b.h.log.LogAttrs(context.Background(), level, msg, attrs...)
+	return nil
+}
+
+// accessAttrs captures the request fields of the access log line, for
+// responses that finish after the handler returned.
+func (h *Handler) accessAttrs(ctx *fasthttp.RequestCtx, r *routes.Route, backend string) []slog.Attr {
+	if !h.accessLog {
+		return nil
+	}
+	return []slog.Attr{
+		slog.String("method", string(ctx.Method())),
+		slog.String("host", string(ctx.Host())),
+		slog.String("uri", string(ctx.RequestURI())),
+		slog.String("route", r.Name),
+		slog.String("backend", backend),
+		slog.String("client", ctx.RemoteAddr().String()),
+	}
+}

@@ -1,0 +1,415 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/wsgate/wsgate/routes"
+)
+
+// isUpgradeAttempt reports whether the request asks for a WebSocket
+// upgrade. Only the "websocket" token is ever honoured; any other Upgrade
+// (h2c, …) is stripped with the other hop-by-hop headers.
+func isUpgradeAttempt(ctx *fasthttp.RequestCtx) bool {
+	return hasToken(ctx.Request.Header.Peek("Upgrade"), "websocket")
+}
+
+// checkClientHandshake validates a client opening handshake
+// (RFC 6455 §4.2.1). It returns 0 when valid, or the status to answer.
+func checkClientHandshake(ctx *fasthttp.RequestCtx) (int, string) {
+	hd := &ctx.Request.Header
+	switch {
+	case !ctx.IsGet():
+		return fasthttp.StatusBadRequest, "websocket handshake must use GET"
+	case !hd.IsHTTP11():
+		return fasthttp.StatusBadRequest, "websocket handshake needs HTTP/1.1"
+	case !hasToken(hd.Peek("Connection"), "upgrade"):
+		return fasthttp.StatusBadRequest, "websocket handshake without Connection: upgrade"
+	case string(hd.Peek("Sec-WebSocket-Version")) != "13":
+		return fasthttp.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version (want 13)"
+	}
+	key := hd.Peek("Sec-WebSocket-Key")
+	var decoded [18]byte
+	if n, err := base64.StdEncoding.Decode(decoded[:], key); err != nil || n != 16 || len(key) != 24 {
+		return fasthttp.StatusBadRequest, "invalid Sec-WebSocket-Key"
+	}
+	return 0, ""
+}
+
+// acceptKey computes Sec-WebSocket-Accept for key (RFC 6455 §4.2.2).
+func acceptKey(key string) string {
+	h := sha1.New()
+	h.Write([]byte(key))
+	h.Write([]byte("258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	return base64.StdEncoding.EncodeToString(h.Sum(nil))
+}
+
+// originAllowed applies the route's Origin allow-list. A request without
+// Origin passes: browsers always send one, and the list exists to stop
+// cross-site pages (RFC 6455 §10.2), not non-browser clients.
+func originAllowed(ctx *fasthttp.RequestCtx, allow []string) bool {
+	if len(allow) == 0 {
+		return true
+	}
+	origin := ctx.Request.Header.Peek("Origin")
+	if len(origin) == 0 {
+		return true
+	}
+	for _, o := range allow {
+		if strings.EqualFold(o, string(origin)) {
+			return true
+		}
+	}
+	return false
+}
+
+// serveWebSocket proxies a WebSocket handshake: it validates the client's
+// request, dials the backend and completes the handshake there first, and
+// only after a valid 101 upgrades the client. Every failure before that
+// point is an ordinary HTTP response on a connection that stays HTTP.
+func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, r *routes.Route) {
+	if status, msg := checkClientHandshake(ctx); status != 0 {
+		plainError(ctx, status, msg)
+		if status == fasthttp.StatusUpgradeRequired {
+			ctx.Response.Header.Set("Sec-WebSocket-Version", "13")
+			ctx.Response.Header.Set("Upgrade", "websocket")
+		}
+		h.logRequest(ctx, r, status, "")
+		return
+	}
+	if !originAllowed(ctx, r.WebSocket.Origins) {
+		plainError(ctx, fasthttp.StatusForbidden, "origin not allowed")
+		h.logRequest(ctx, r, fasthttp.StatusForbidden, "")
+		return
+	}
+	if !h.beginUpgrade() {
+		plainError(ctx, fasthttp.StatusServiceUnavailable, "shutting down")
+		ctx.SetConnectionClose()
+		h.logRequest(ctx, r, fasthttp.StatusServiceUnavailable, "")
+		return
+	}
+	var s *session
+	defer func() { h.endUpgrade(s) }()
+
+	timeout := r.WebSocket.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	bctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	bh, err := h.dialBackend(bctx, ctx, r)
+	if err != nil {
+		status, msg := handshakeStatus(err)
+		backend := ""
+		if bh != nil {
+			backend = bh.target.Addr
+		}
+		h.fail(ctx, r, backend, status, msg, err)
+		return
+	}
+	if bh.resp.StatusCode != http.StatusSwitchingProtocols {
+		h.relayRefusal(ctx, r, bh)
+		return
+	}
+	s = h.upgradeClient(ctx, r, bh)
+}
+
+// backendHandshake is the backend's answer to wsgate's upgrade request.
+type backendHandshake struct {
+	target *target
+	conn   net.Conn
+	br     *bufio.Reader // holds any bytes the backend sent after its head
+	resp   *http.Response
+}
+
+// errBadHandshake marks a 101 that is not a valid WebSocket acceptance.
+var errBadHandshake = errors.New("invalid websocket handshake response")
+
+// dialBackend connects to a target of r's upstream (round-robin, moving on
+// when a target refuses), writes the upgrade request and reads the head of
+// the answer. On a 101 it checks Upgrade, Connection, Sec-WebSocket-Accept
+// and that the chosen subprotocol and extensions were offered.
+func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r *routes.Route) (*backendHandshake, error) {
+	p := h.pools[r.Upstream]
+	deadline, _ := bctx.Deadline()
+	var (
+		conn net.Conn
+		err  error
+		t    *target
+	)
+	start := p.pick()
+	for i := range p.targets {
+		t = p.targets[(start+i)%len(p.targets)]
+		conn, err = dialTarget(bctx, p.up, t)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+			break
+		}
+	}
+	bh := &backendHandshake{target: t}
+	if err != nil {
+		return bh, fmt.Errorf("dial backend %q: %w", t.Addr, err)
+	}
+	_ = conn.SetDeadline(deadline)
+
+	var keyBytes [16]byte
+	_, _ = rand.Read(keyBytes[:])
+	key := base64.StdEncoding.EncodeToString(keyBytes[:])
+
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	ctx.Request.Header.CopyTo(&req.Header)
+	req.Header.ResetConnectionClose()
+	offerProto := string(ctx.Request.Header.Peek("Sec-WebSocket-Protocol"))
+	offerExt := deflateOffer(ctx.Request.Header.Peek("Sec-WebSocket-Extensions"))
+	removeHopByHop(&req.Header)
+	for _, name := range []string{"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Accept", "Content-Length"} {
+		req.Header.Del(name)
+	}
+	setForwarded(&req.Header, &ctx.Request.Header, peerAddr(ctx), ctx.IsTLS(), h.trusted)
+	applyRequestOps(&req.Header, &r.RequestHeaders)
+	setUpstreamURI(req, ctx, r)
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Sec-WebSocket-Key", key)
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	if offerExt != "" {
+		req.Header.Set("Sec-WebSocket-Extensions", offerExt)
+	}
+	req.SetBodyRaw(nil)
+
+	bw := bufio.NewWriterSize(conn, 2048)
+	if err := req.Write(bw); err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		conn.Close()
+		return bh, fmt.Errorf("write handshake to %q: %w", t.Addr, err)
+	}
+	br := bufio.NewReaderSize(conn, 4096)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		conn.Close()
+		return bh, fmt.Errorf("read handshake from %q: %w", t.Addr, err)
+	}
+	bh.conn, bh.br, bh.resp = conn, br, resp
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return bh, nil
+	}
+	if err := checkBackendAccept(resp, key, offerProto, offerExt); err != nil {
+		conn.Close()
+		return bh, fmt.Errorf("backend %q: %w", t.Addr, err)
+	}
+	return bh, nil
+}
+
+// dialTarget opens a TCP (and for https targets a TLS) connection.
+func dialTarget(bctx context.Context, up *routes.Upstream, t *target) (net.Conn, error) {
+	d := net.Dialer{Timeout: up.ConnectTimeout}
+	conn, err := d.DialContext(bctx, "tcp", t.Addr)
+	if err != nil || !t.TLS() {
+		return conn, err
+	}
+	cfg := up.TLS
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
+		host, _, _ := net.SplitHostPort(t.Addr)
+		cfg.ServerName = host
+	}
+	if len(cfg.NextProtos) > 0 {
+		cfg = cfg.Clone()
+		cfg.NextProtos = []string{"http/1.1"} // a WebSocket needs HTTP/1.1
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(bctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// checkBackendAccept validates a 101 from the backend (RFC 6455 §4.1).
+func checkBackendAccept(resp *http.Response, key, offerProto, offerExt string) error {
+	if !headerHasToken(resp.Header, "Upgrade", "websocket") {
+		return fmt.Errorf("%w: no Upgrade: websocket", errBadHandshake)
+	}
+	if !headerHasToken(resp.Header, "Connection", "upgrade") {
+		return fmt.Errorf("%w: no Connection: upgrade", errBadHandshake)
+	}
+	if resp.Header.Get("Sec-WebSocket-Accept") != acceptKey(key) {
+		return fmt.Errorf("%w: wrong Sec-WebSocket-Accept", errBadHandshake)
+	}
+	if p := resp.Header.Get("Sec-WebSocket-Protocol"); p != "" {
+		offered := false
+		for _, o := range strings.Split(offerProto, ",") {
+			if strings.TrimSpace(o) == p {
+				offered = true
+			}
+		}
+		if !offered {
+			return fmt.Errorf("%w: subprotocol %q was not offered", errBadHandshake, p)
+		}
+	}
+	if e := resp.Header.Get("Sec-WebSocket-Extensions"); e != "" {
+		name, _, _ := strings.Cut(e, ";")
+		if offerExt == "" || strings.TrimSpace(name) != "permessage-deflate" || strings.Contains(e, ",") {
+			return fmt.Errorf("%w: extension %q was not offered", errBadHandshake, e)
+		}
+	}
+	return nil
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		if hasToken([]byte(v), token) {
+			return true
+		}
+	}
+	return false
+}
+
+// deflateOffer keeps the permessage-deflate offers of a client's
+// Sec-WebSocket-Extensions header and drops the rest: wsgate relays frames
+// without decoding them, so it passes on only the extension whose use of
+// the reserved bits it knows (RFC 7692: RSV1 on data frames).
+func deflateOffer(v []byte) string {
+	if len(v) == 0 {
+		return ""
+	}
+	var keep []string
+	for _, ext := range strings.Split(string(v), ",") {
+		name, _, _ := strings.Cut(ext, ";")
+		if strings.TrimSpace(name) == "permessage-deflate" {
+			keep = append(keep, strings.TrimSpace(ext))
+		}
+	}
+	return strings.Join(keep, ", ")
+}
+
+// handshakeStatus maps a backend handshake failure to the client status.
+func handshakeStatus(err error) (int, string) {
+	if errors.Is(err, errBadHandshake) {
+		return fasthttp.StatusBadGateway, "bad gateway"
+	}
+	return upstreamStatus(err)
+}
+
+// relayRefusal passes a backend's non-101 answer to the client as an
+// ordinary HTTP response: status, end-to-end headers and the whole body.
+// No byte of the client's connection is ever tunnelled.
+func (h *Handler) relayRefusal(ctx *fasthttp.RequestCtx, r *routes.Route, bh *backendHandshake) {
+	resp := bh.resp
+	ctx.SetStatusCode(resp.StatusCode)
+	for name, vs := range resp.Header {
+		for _, v := range vs {
+			ctx.Response.Header.Add(name, v)
+		}
+	}
+	removeHopByHop(&ctx.Response.Header)
+	ctx.Response.Header.Del("Content-Length")
+	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
+	if ctx.IsHead() || resp.ContentLength == 0 {
+		resp.Body.Close()
+		bh.conn.Close()
+	} else {
+		_ = bh.conn.SetDeadline(time.Now().Add(responseTimeout(r)))
+		ctx.Response.SetBodyStream(&refusalBody{body: resp.Body, conn: bh.conn}, int(resp.ContentLength))
+	}
+	h.logRequest(ctx, r, resp.StatusCode, bh.target.Addr)
+}
+
+func responseTimeout(r *routes.Route) time.Duration {
+	if r.Upstream.ResponseTimeout > 0 {
+		return r.Upstream.ResponseTimeout
+	}
+	return 60 * time.Second
+}
+
+// refusalBody streams a refused handshake's body and closes the backend
+// connection when fasthttp is done with it.
+type refusalBody struct {
+	body io.ReadCloser
+	conn net.Conn
+}
+
+func (b *refusalBody) Read(p []byte) (int, error) { return b.body.Read(p) }
+
+func (b *refusalBody) Close() error {
+	b.body.Close()
+	return b.conn.Close()
+}
+
+// upgradeClient answers the client's handshake with a 101 carrying the
+// backend's choices (subprotocol, extensions, cookies and other end-to-end
+// headers) and hands the connection to a relay session.
+func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *backendHandshake) *session {
+	_ = bh.conn.SetDeadline(time.Time{})
+	ext := bh.resp.Header.Get("Sec-WebSocket-Extensions")
+	for name, vs := range bh.resp.Header {
+		for _, v := range vs {
+			ctx.Response.Header.Add(name, v)
+		}
+	}
+	removeHopByHop(&ctx.Response.Header)
+	ctx.Response.Header.Del("Content-Length")
+	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
+	ctx.SetStatusCode(fasthttp.StatusSwitchingProtocols)
+	ctx.Response.Header.Set("Upgrade", "websocket")
+	ctx.Response.Header.Set("Connection", "Upgrade")
+	ctx.Response.Header.Set("Sec-WebSocket-Accept", acceptKey(string(ctx.Request.Header.Peek("Sec-WebSocket-Key"))))
+	ctx.Response.Header.SetNoDefaultContentType(true)
+
+	s := &session{
+		h:          h,
+		route:      r,
+		remote:     ctx.RemoteAddr().String(),
+		target:     bh.target.Addr,
+		start:      time.Now(),
+		deflate:    ext != "",
+		maxMessage: r.WebSocket.MaxMessageSize,
+		idle:       r.WebSocket.IdleTimeout,
+		write:      h.write,
+		backend:    &leg{name: "backend", conn: bh.conn, br: bh.br, masked: true},
+	}
+	// fasthttp runs the hijack handler after writing the 101; it may skip
+	// it (the write failed, the connection is closing). Then nobody owns
+	// the backend connection, so a timer reclaims it.
+	claimed := make(chan struct{})
+	abandon := time.AfterFunc(closeWait+responseTimeout(r), func() {
+		select {
+		case <-claimed:
+		default:
+			bh.conn.Close()
+			h.removeSession(s)
+		}
+	})
+	ctx.Hijack(func(c net.Conn) {
+		if !abandon.Stop() {
+			// The timer already reclaimed the session.
+			c.Close()
+			return
+		}
+		close(claimed)
+		s.run(c)
+		h.removeSession(s)
+	})
+	h.log.Info("websocket opened", "route", r.Name, "client", s.remote, "backend", s.target,
+		"subprotocol", bh.resp.Header.Get("Sec-WebSocket-Protocol"), "extensions", ext)
+	return s
+}
