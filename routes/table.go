@@ -2,6 +2,7 @@ package routes
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 )
 
@@ -90,6 +91,19 @@ func CheckHost(h string) error {
 		default:
 			return fmt.Errorf("host %q has invalid character %q", h, c)
 		}
+	}
+	// Match strips the port and a final dot from the request's host, and
+	// keeps the brackets of an IPv6 literal: any other pattern never matches.
+	if strings.ContainsAny(name, ":[]") {
+		inner, ok1 := strings.CutPrefix(name, "[")
+		inner, ok2 := strings.CutSuffix(inner, "]")
+		a, err := netip.ParseAddr(inner)
+		if !ok1 || !ok2 || name != h || err != nil || !a.Is6() {
+			return fmt.Errorf("host %q must have no port; write an IPv6 address in brackets, such as [::1]", h)
+		}
+	}
+	if strings.HasSuffix(name, ".") {
+		return fmt.Errorf("host %q must not end with a dot", h)
 	}
 	return nil
 }

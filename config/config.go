@@ -1,0 +1,264 @@
+package config
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/wsgate/wsgate/routes"
+)
+
+// BuiltinDemo is the listeners[].builtin value that serves wsgate's demo
+// backend (a page and a WebSocket echo) instead of the routes.
+const BuiltinDemo = "demo"
+
+// Defaults, applied by [Parse] to every absent or zero value. The field doc
+// comments and config.example.yaml state the same values.
+var (
+	defaultLimits = Limits{
+		HeaderBytes: 16 << 10,
+		RequestBody: 100 << 20,
+	}
+	defaultTimeouts = Timeouts{
+		RequestHeader: 10 * time.Second,
+		RequestBody:   60 * time.Second,
+		Write:         60 * time.Second,
+		Idle:          60 * time.Second,
+		Drain:         30 * time.Second,
+		ShutdownDelay: 0,
+	}
+)
+
+const (
+	defaultConnectTimeout   = 5 * time.Second
+	defaultResponseTimeout  = 60 * time.Second
+	defaultMaxConnections   = 512
+	defaultMaxMessageSize   = 16 << 20
+	defaultIdleTimeout      = time.Hour
+	defaultHandshakeTimeout = 10 * time.Second
+	defaultRespondStatus    = 200
+	defaultRedirectStatus   = 302
+	defaultMinVersion       = "1.2"
+)
+
+// Config is a loaded configuration: the YAML keys with every default filled
+// in, plus the compiled fields Table and Trusted. Treat it as read-only; a
+// reload loads a new one.
+type Config struct {
+	// Listeners are the addresses wsgate accepts connections on. At least one.
+	Listeners []Listener `yaml:"listeners"`
+	// Upstreams are the backend groups routes forward to, by name. Unused
+	// upstreams are allowed.
+	Upstreams map[string]*Upstream `yaml:"upstreams"`
+	// Routes map requests to an upstream or a built-in handler; see
+	// [routes.Table] for the precedence. Ties go to file order.
+	Routes []Route `yaml:"routes"`
+	// Limits caps request sizes.
+	Limits Limits `yaml:"limits"`
+	// Timeouts bound the client side of each connection and shutdown.
+	Timeouts Timeouts `yaml:"timeouts"`
+	// TrustedProxies are CIDRs ("10.0.0.0/8") or IPs whose X-Forwarded-For
+	// header is kept; from any other peer it is replaced. Default none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+
+	// Table is the compiled route table built from Routes.
+	Table *routes.Table `yaml:"-"`
+	// Trusted is TrustedProxies parsed; a bare IP is a /32 or /128 prefix.
+	Trusted []netip.Prefix `yaml:"-"`
+}
+
+// Listener is one address to accept connections on.
+type Listener struct {
+	// Addr is the host:port to listen on, such as "127.0.0.1:8080" or
+	// ":443"; port 0 picks a free port. Required.
+	Addr string `yaml:"addr"`
+	// TLS, when present, makes this an HTTPS listener. Default plain HTTP.
+	TLS *ListenerTLS `yaml:"tls"`
+	// Builtin selects what the listener serves: "" (the default) serves the
+	// routes; "demo" serves wsgate's built-in demo backend (a page and a
+	// WebSocket echo) instead.
+	Builtin string `yaml:"builtin"`
+}
+
+// ListenerTLS configures an HTTPS listener.
+type ListenerTLS struct {
+	// Certificates are the certificate and key files; the first pair is
+	// the default when no SNI name matches. At least one.
+	Certificates []CertPair `yaml:"certificates"`
+	// MinVersion is the lowest TLS version accepted: "1.2" (the default)
+	// or "1.3".
+	MinVersion string `yaml:"min_version"`
+	// MinVersionTLS is MinVersion compiled: tls.VersionTLS12 or
+	// tls.VersionTLS13.
+	MinVersionTLS uint16 `yaml:"-"`
+}
+
+// CertPair names a PEM certificate chain and its private key. Relative
+// paths are relative to the config file's directory; after loading, both
+// are absolute.
+type CertPair struct {
+	// Cert is the certificate chain file. Required.
+	Cert string `yaml:"cert"`
+	// Key is the private key file. Required.
+	Key string `yaml:"key"`
+}
+
+// Upstream is a named group of backend servers.
+type Upstream struct {
+	// Targets are the backend URLs, used round-robin: scheme http or
+	// https, a host, an optional port (default 80 or 443) and no path or
+	// query, such as "http://127.0.0.1:9001". At least one.
+	Targets []string `yaml:"targets"`
+	// TLS configures connections to https targets; allowed only when some
+	// target is https. Default: system roots, the target's host name.
+	TLS *UpstreamTLS `yaml:"tls"`
+	// ConnectTimeout bounds the TCP (and TLS) connect to a target.
+	// Default 5s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// ResponseTimeout bounds the wait for the response head, and each
+	// later silence while reading the response body. Default 60s.
+	ResponseTimeout time.Duration `yaml:"response_timeout"`
+	// MaxConnections caps open connections per target. Default 512.
+	MaxConnections int `yaml:"max_connections"`
+}
+
+// UpstreamTLS configures the client side of TLS to https targets.
+type UpstreamTLS struct {
+	// CA is a PEM file of CA certificates to trust instead of the system
+	// roots. Relative to the config file's directory. Default none.
+	CA string `yaml:"ca"`
+	// ServerName is the name checked against the target's certificate
+	// (and sent as SNI). Default: the target's host.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any certificate. Default false; never set
+	// it outside tests.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Route is one entry of the YAML routes list. Exactly one of Upstream,
+// Respond, Redirect and Static says what handles a matching request.
+type Route struct {
+	// Name labels the route in logs. Default "routes[N]", N counting from 0.
+	Name string `yaml:"name"`
+	// Match selects the requests the route handles.
+	Match Match `yaml:"match"`
+	// Upstream is the name of the upstream that receives the request.
+	Upstream string `yaml:"upstream"`
+	// StripPrefix removes Match.PathPrefix from the path before
+	// forwarding. Requires path_prefix. Default false.
+	StripPrefix bool `yaml:"strip_prefix"`
+	// MaxRequestBody caps the request body (413 beyond it). Default
+	// limits.request_body.
+	MaxRequestBody Size `yaml:"max_request_body"`
+	// RequestHeaders edits the request sent to the upstream. Default none.
+	RequestHeaders Headers `yaml:"request_headers"`
+	// ResponseHeaders edits the response sent to the client. Default none.
+	ResponseHeaders Headers `yaml:"response_headers"`
+	// WebSocket holds the route's WebSocket settings.
+	WebSocket WebSocket `yaml:"websocket"`
+	// Respond answers with a fixed status and body instead of an upstream.
+	Respond *Respond `yaml:"respond"`
+	// Redirect answers with a redirect instead of an upstream.
+	Redirect *Redirect `yaml:"redirect"`
+	// Static serves files from a directory instead of an upstream.
+	Static *Static `yaml:"static"`
+}
+
+// Match selects requests. At least one of Path and PathPrefix is required.
+type Match struct {
+	// Host is one host or a list: exact names ("example.com") or one-label
+	// wildcards ("*.example.com"), compared without case. Default any host.
+	Host Hosts `yaml:"host"`
+	// Path matches this exact request path, such as "/chat".
+	Path string `yaml:"path"`
+	// PathPrefix matches the path and everything below it on a segment
+	// boundary: "/api" matches "/api" and "/api/x", never "/apix". A
+	// trailing slash makes no difference.
+	PathPrefix string `yaml:"path_prefix"`
+	// Methods restricts the route to these methods (upper-cased on load).
+	// Default all methods.
+	Methods []string `yaml:"methods"`
+}
+
+// Headers lists header edits: removals first, then sets.
+type Headers struct {
+	// Set adds or replaces each header with the value. Default none.
+	Set map[string]string `yaml:"set"`
+	// Remove deletes these headers (names compared without case).
+	// Default none.
+	Remove []string `yaml:"remove"`
+}
+
+// WebSocket holds the per-route WebSocket settings.
+type WebSocket struct {
+	// Enabled allows WebSocket upgrades on the route; when false an upgrade
+	// request is forwarded as plain HTTP. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// Origins is the allow-list of browser Origin values, each
+	// scheme://host[:port] such as "https://app.example.com" (compared
+	// without case); others get 403. Default empty: allow every origin.
+	Origins []string `yaml:"origins"`
+	// MaxMessageSize caps one message (close 1009 beyond it). Default 16MiB.
+	MaxMessageSize Size `yaml:"max_message_size"`
+	// IdleTimeout closes a session after no frame in either direction for
+	// this long. Default 1h.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// HandshakeTimeout bounds dialling the backend and its 101 answer.
+	// Default 10s.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+}
+
+// Respond answers every matching request with a fixed status and body.
+type Respond struct {
+	// Status is the response status, 100 to 599. Default 200.
+	Status int `yaml:"status"`
+	// Body is the response body. Default empty.
+	Body string `yaml:"body"`
+}
+
+// Redirect answers every matching request with a redirect.
+type Redirect struct {
+	// To is the Location value, such as "https://example.com/". Required.
+	To string `yaml:"to"`
+	// Status is 301, 302, 303, 307 or 308. Default 302.
+	Status int `yaml:"status"`
+}
+
+// Static serves the files below a directory.
+type Static struct {
+	// Root is an existing directory, relative to the config file's
+	// directory; after loading, an absolute path. Required.
+	Root string `yaml:"root"`
+}
+
+// Limits caps request sizes. In YAML each is a size like 512, "64KiB" or
+// "1MB" (see [Size]); here it is a byte count.
+type Limits struct {
+	// HeaderBytes caps the request head: request line and headers (431
+	// beyond it). Default 16KiB.
+	HeaderBytes int64 `yaml:"header_bytes"`
+	// RequestBody caps a request body (413 beyond it); a route's
+	// max_request_body overrides it. Default 100MiB.
+	RequestBody int64 `yaml:"request_body"`
+}
+
+// Timeouts bound the client side of a connection and the shutdown.
+type Timeouts struct {
+	// RequestHeader is the time the whole request head has to arrive in.
+	// Default 10s.
+	RequestHeader time.Duration `yaml:"request_header"`
+	// RequestBody is the longest silence between reads of a request body.
+	// Default 60s.
+	RequestBody time.Duration `yaml:"request_body"`
+	// Write is the longest silence while writing to a client. Default 60s.
+	Write time.Duration `yaml:"write"`
+	// Idle is how long a keep-alive connection may wait for its next
+	// request. Default 60s.
+	Idle time.Duration `yaml:"idle"`
+	// Drain is the budget for a graceful shutdown: finish requests and
+	// close WebSocket sessions with 1001. Default 30s.
+	Drain time.Duration `yaml:"drain"`
+	// ShutdownDelay is the wait after a shutdown signal before draining
+	// starts, while the listeners still accept (for sidecars and load
+	// balancers to notice). Default 0.
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
+}

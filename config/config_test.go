@@ -1,0 +1,474 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsgate/wsgate/routes"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// TestGolden loads each testdata/*.yaml and compares the result, a summary
+// of the config or the exact error text, with the .golden file beside it.
+func TestGolden(t *testing.T) {
+	t.Setenv("WSGATE_TEST_PORT", "9001")
+	t.Setenv("WSGATE_TEST_EMPTY", "")
+	unsetenv(t, "WSGATE_TEST_HOST")
+	unsetenv(t, "WSGATE_TEST_UNSET")
+
+	files, err := filepath.Glob(filepath.Join("testdata", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata: %v", err)
+	}
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".yaml"), func(t *testing.T) {
+			cfg, err := Load(file)
+			var got string
+			if err != nil {
+				got = err.Error() + "\n"
+			} else {
+				got = summarize(t, cfg, "testdata")
+			}
+			golden := strings.TrimSuffix(file, ".yaml") + ".golden"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./config -update)", err)
+			}
+			if got != string(want) {
+				t.Errorf("Load(%q) =\n%s\nwant (%s):\n%s", file, got, golden, want)
+			}
+		})
+	}
+}
+
+// unsetenv unsets key for the test, restoring it afterwards.
+func unsetenv(t *testing.T, key string) {
+	t.Setenv(key, "") // registers the restore
+	os.Unsetenv(key)
+}
+
+// summarize dumps what the rest of wsgate reads from cfg as indented JSON,
+// with file paths relative to base so that the dump is the same anywhere.
+func summarize(t *testing.T, cfg *Config, base string) string {
+	t.Helper()
+	absBase, err := filepath.Abs(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := func(p string) string {
+		if !filepath.IsAbs(p) {
+			t.Errorf("path %q is not absolute", p)
+		}
+		r, err := filepath.Rel(absBase, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return filepath.ToSlash(r)
+	}
+
+	type listener struct {
+		Addr, Builtin string
+		Certificates  []CertPair `json:",omitempty"`
+		MinVersionTLS uint16     `json:",omitempty"`
+	}
+	type upstreamTLS struct {
+		ServerName         string
+		InsecureSkipVerify bool
+		RootCAs            bool
+		MinVersion         uint16
+	}
+	type upstream struct {
+		Targets         []routes.Target
+		TLS             *upstreamTLS
+		ConnectTimeout  string
+		ResponseTimeout string
+		MaxConnections  int
+	}
+	type webSocket struct {
+		Enabled                       bool
+		Origins                       []string
+		MaxMessageSize                int64
+		IdleTimeout, HandshakeTimeout string
+	}
+	type route struct {
+		Name, Upstream                  string
+		Index                           int
+		Hosts, Methods                  []string
+		Path, PathPrefix                string
+		StripPrefix                     bool
+		MaxRequestBody                  int64
+		RequestHeaders, ResponseHeaders routes.HeaderOps
+		WebSocket                       webSocket
+		Respond                         *routes.Respond  `json:",omitempty"`
+		Redirect                        *routes.Redirect `json:",omitempty"`
+		Static                          *routes.Static   `json:",omitempty"`
+	}
+	var s struct {
+		Listeners []listener
+		Upstreams map[string]upstream
+		Routes    []route
+		Limits    Limits
+		Timeouts  map[string]string
+		Trusted   []string
+	}
+
+	for _, l := range cfg.Listeners {
+		sl := listener{Addr: l.Addr, Builtin: l.Builtin}
+		if l.TLS != nil {
+			for _, c := range l.TLS.Certificates {
+				sl.Certificates = append(sl.Certificates, CertPair{Cert: rel(c.Cert), Key: rel(c.Key)})
+			}
+			sl.MinVersionTLS = l.TLS.MinVersionTLS
+		}
+		s.Listeners = append(s.Listeners, sl)
+	}
+	s.Upstreams = map[string]upstream{}
+	ups := map[*routes.Upstream]bool{}
+	for _, r := range cfg.Table.Routes() {
+		if r.Upstream != nil {
+			ups[r.Upstream] = true
+		}
+	}
+	for u := range ups {
+		su := upstream{
+			Targets:         u.Targets,
+			ConnectTimeout:  u.ConnectTimeout.String(),
+			ResponseTimeout: u.ResponseTimeout.String(),
+			MaxConnections:  u.MaxConnections,
+		}
+		if c := u.TLS; c != nil {
+			su.TLS = &upstreamTLS{c.ServerName, c.InsecureSkipVerify, c.RootCAs != nil, c.MinVersion}
+		}
+		s.Upstreams[u.Name] = su
+	}
+	for _, r := range cfg.Table.Routes() {
+		sr := route{
+			Name: r.Name, Index: r.Index, Hosts: r.Hosts, Methods: r.Methods,
+			Path: r.Path, PathPrefix: r.PathPrefix, StripPrefix: r.StripPrefix,
+			MaxRequestBody: r.MaxRequestBody,
+			RequestHeaders: r.RequestHeaders, ResponseHeaders: r.ResponseHeaders,
+			WebSocket: webSocket{
+				Enabled: r.WebSocket.Enabled, Origins: r.WebSocket.Origins,
+				MaxMessageSize: r.WebSocket.MaxMessageSize,
+				IdleTimeout:    r.WebSocket.IdleTimeout.String(), HandshakeTimeout: r.WebSocket.HandshakeTimeout.String(),
+			},
+			Respond: r.Respond, Redirect: r.Redirect,
+		}
+		if r.Upstream != nil {
+			sr.Upstream = r.Upstream.Name
+		}
+		if r.Static != nil {
+			sr.Static = &routes.Static{Root: rel(r.Static.Root)}
+		}
+		s.Routes = append(s.Routes, sr)
+	}
+	s.Limits = cfg.Limits
+	tm := cfg.Timeouts
+	s.Timeouts = map[string]string{
+		"request_header": tm.RequestHeader.String(), "request_body": tm.RequestBody.String(),
+		"write": tm.Write.String(), "idle": tm.Idle.String(), "drain": tm.Drain.String(),
+		"shutdown_delay": tm.ShutdownDelay.String(),
+	}
+	for _, p := range cfg.Trusted {
+		s.Trusted = append(s.Trusted, p.String())
+	}
+	out, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out) + "\n"
+}
+
+// TestExample loads config.example.yaml, which must work as it is and
+// state every default.
+func TestExample(t *testing.T) {
+	cfg, err := Load("../config.example.yaml")
+	if err != nil {
+		t.Fatalf("Load(config.example.yaml): %v", err)
+	}
+	if cfg.Limits != defaultLimits {
+		t.Errorf("limits = %+v, want the defaults %+v", cfg.Limits, defaultLimits)
+	}
+	if cfg.Timeouts != defaultTimeouts {
+		t.Errorf("timeouts = %+v, want the defaults %+v", cfg.Timeouts, defaultTimeouts)
+	}
+	if len(cfg.Trusted) != 0 {
+		t.Errorf("trusted_proxies = %v, want none", cfg.Trusted)
+	}
+
+	// The demo: a public listener serving the routes, and the built-in
+	// demo backend that upstream "demo" points at.
+	if len(cfg.Listeners) != 2 ||
+		cfg.Listeners[0].Addr != "127.0.0.1:8080" || cfg.Listeners[0].Builtin != "" || cfg.Listeners[0].TLS != nil ||
+		cfg.Listeners[1].Addr != "127.0.0.1:8081" || cfg.Listeners[1].Builtin != BuiltinDemo {
+		t.Errorf("listeners = %+v, want 127.0.0.1:8080 (routes) and 127.0.0.1:8081 (demo)", cfg.Listeners)
+	}
+	r := cfg.Table.Match([]byte("GET"), []byte("127.0.0.1:8080"), []byte("/echo"))
+	if r == nil || r.Upstream == nil || r.Upstream.Name != "demo" {
+		t.Fatalf("Match(/echo) = %+v, want a route to upstream demo", r)
+	}
+	u := r.Upstream
+	if len(u.Targets) != 1 || u.Targets[0] != (routes.Target{Scheme: "http", Addr: "127.0.0.1:8081"}) {
+		t.Errorf("upstream demo targets = %+v, want http 127.0.0.1:8081", u.Targets)
+	}
+	if u.TLS != nil || u.ConnectTimeout != defaultConnectTimeout || u.ResponseTimeout != defaultResponseTimeout || u.MaxConnections != defaultMaxConnections {
+		t.Errorf("upstream demo = %+v, want the defaults", u)
+	}
+	wantWS := routes.WebSocket{Enabled: true, MaxMessageSize: defaultMaxMessageSize, IdleTimeout: defaultIdleTimeout, HandshakeTimeout: defaultHandshakeTimeout}
+	if r.WebSocket.Enabled != wantWS.Enabled || len(r.WebSocket.Origins) != 0 || r.WebSocket.MaxMessageSize != wantWS.MaxMessageSize ||
+		r.WebSocket.IdleTimeout != wantWS.IdleTimeout || r.WebSocket.HandshakeTimeout != wantWS.HandshakeTimeout {
+		t.Errorf("websocket = %+v, want the defaults %+v", r.WebSocket, wantWS)
+	}
+	if r.MaxRequestBody != defaultLimits.RequestBody || r.StripPrefix || len(r.Hosts) != 0 || len(r.Methods) != 0 ||
+		len(r.RequestHeaders.Set)+len(r.RequestHeaders.Remove)+len(r.ResponseHeaders.Set)+len(r.ResponseHeaders.Remove) != 0 {
+		t.Errorf("demo route = %+v, want the defaults", r)
+	}
+
+	// Every route of the example states the defaults of the keys it leaves
+	// out; comparing with the same file minus those keys would need a YAML
+	// rewriter, so check the compiled defaults of one minimal route instead.
+	minimal := loadString(t, `
+listeners: [{addr: "127.0.0.1:0"}]
+upstreams: {demo: {targets: ["http://127.0.0.1:8081"]}}
+routes: [{match: {path_prefix: /}, upstream: demo}]
+`)
+	m := minimal.Table.Routes()[0]
+	if m.WebSocket.Enabled != r.WebSocket.Enabled || m.WebSocket.MaxMessageSize != r.WebSocket.MaxMessageSize ||
+		m.WebSocket.IdleTimeout != r.WebSocket.IdleTimeout || m.WebSocket.HandshakeTimeout != r.WebSocket.HandshakeTimeout ||
+		m.MaxRequestBody != r.MaxRequestBody {
+		t.Errorf("minimal route = %+v, example route = %+v: the example does not state the defaults", m, r)
+	}
+	if minimal.Limits != cfg.Limits || minimal.Timeouts != cfg.Timeouts {
+		t.Errorf("minimal limits/timeouts = %+v %+v, example = %+v %+v", minimal.Limits, minimal.Timeouts, cfg.Limits, cfg.Timeouts)
+	}
+
+	h := cfg.Table.Match([]byte("GET"), []byte("localhost:8080"), []byte("/healthz"))
+	if h == nil || h.Respond == nil || h.Respond.Status != 200 || h.Respond.Body != "ok" {
+		t.Errorf("Match(/healthz) = %+v, want respond 200 \"ok\"", h)
+	}
+}
+
+func loadString(t *testing.T, yaml string) *Config {
+	t.Helper()
+	cfg, err := Parse(filepath.Join(t.TempDir(), "config.yaml"), []byte(yaml))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return cfg
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		err  string
+	}{
+		{"0", 0, ""},
+		{"512", 512, ""},
+		{"64KiB", 64 << 10, ""},
+		{"1MiB", 1 << 20, ""},
+		{"2GiB", 2 << 30, ""},
+		{"5KB", 5000, ""},
+		{"3MB", 3e6, ""},
+		{"1GB", 1e9, ""},
+		{"", 0, `invalid size ""`},
+		{"KiB", 0, `invalid size "KiB"`},
+		{"1.5MiB", 0, `invalid size "1.5MiB"`},
+		{"+5", 0, `invalid size "+5"`},
+		{"5 KiB", 0, `invalid size "5 KiB"`},
+		{"5kib", 0, `invalid size "5kib"`},
+		{"-1", 0, `size "-1" must not be negative`},
+		{"9223372036854775807", 1<<63 - 1, ""},
+		{"9223372036854775808", 0, "too large"},
+		{"8589934592GiB", 0, "too large"},
+	}
+	for _, tt := range tests {
+		got, err := parseSize(tt.in)
+		switch {
+		case tt.err == "" && (err != nil || got != tt.want):
+			t.Errorf("parseSize(%q) = %d, %v, want %d", tt.in, got, err, tt.want)
+		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+			t.Errorf("parseSize(%q) = %d, %v, want error containing %q", tt.in, got, err, tt.err)
+		}
+	}
+}
+
+func TestExpand(t *testing.T) {
+	env := map[string]string{"A": "alpha", "EMPTY": "", "NL": "x\ny"}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	tests := []struct {
+		name, in, want, err string
+	}{
+		{"plain", "a: b\n", "a: b\n", ""},
+		{"var", "a: ${A}\n", "a: alpha\n", ""},
+		{"default unused", "a: ${A:-z}\n", "a: alpha\n", ""},
+		{"default unset", "a: ${B:-z y}\n", "a: z y\n", ""},
+		{"default empty", "a: ${EMPTY:-z}\n", "a: z\n", ""},
+		{"empty without default", "a: [${EMPTY}]\n", "a: []\n", ""},
+		{"empty default", "a: '${B:-}'\n", "a: ''\n", ""},
+		{"dollar", "a: $$5 $$$${A}\n", "a: $5 $${A}\n", ""},
+		{"lone dollar", "a: $5 $A $\n", "a: $5 $A $\n", ""},
+		{"no newline at end", "a: ${A}", "a: alpha", ""},
+		{"comment line", "  # ${B} $$\na: ${A}\n", "  # ${B} $$\na: alpha\n", ""},
+		{"unset", "\n\na: ${B}\n", "", `x.yaml:3: environment variable "B" is not set`},
+		{"unterminated", "a: ${A\nb: }\n", "", `x.yaml:1: unterminated "${"`},
+		{"bad name", "a: ${A-B}\n", "", `x.yaml:1: invalid variable name "A-B"`},
+		{"line break", "a: ${NL}\n", "", `x.yaml:1: environment variable "NL" contains a line break`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &problems{file: "x.yaml", loc: newLocator(nil)}
+			got := string(expand(p, []byte(tt.in), lookup))
+			err := p.err()
+			if tt.err != "" {
+				if err == nil || !strings.HasPrefix(err.Error(), tt.err) {
+					t.Errorf("expand(%q) error = %v, want %q", tt.in, err, tt.err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Errorf("expand(%q) = %q, %v, want %q", tt.in, got, err, tt.want)
+			}
+			if strings.Count(got, "\n") != strings.Count(tt.in, "\n") {
+				t.Errorf("expand(%q) changed the number of lines: %q", tt.in, got)
+			}
+		})
+	}
+}
+
+func TestLoadReadError(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "missing.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("Load(missing) = %v, want an error naming the file", err)
+	}
+}
+
+// TestParseRelativePaths checks that relative paths resolve against the
+// directory of the config file, not the working directory.
+func TestParseRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "public"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse(filepath.Join(dir, "wsgate.yaml"), []byte(`
+listeners: [{addr: "127.0.0.1:0"}]
+routes: [{match: {path_prefix: /}, static: {root: public}}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := filepath.Join(dir, "public")
+	if got := cfg.Routes[0].Static.Root; got != want {
+		t.Errorf("static root = %q, want %q", got, want)
+	}
+	if got := cfg.Table.Routes()[0].Static.Root; got != want {
+		t.Errorf("compiled static root = %q, want %q", got, want)
+	}
+}
+
+func TestDefaultsApplied(t *testing.T) {
+	cfg := loadString(t, `
+listeners: [{addr: "127.0.0.1:0"}]
+upstreams: {app: {targets: ["https://backend.internal"]}}
+routes:
+  - {match: {path_prefix: /}, upstream: app}
+  - {match: {path: /r}, redirect: {to: /}}
+  - {match: {path: /ok}, respond: {}}
+`)
+	r := cfg.Routes[0]
+	if r.Name != "routes[0]" || r.WebSocket.Enabled == nil || !*r.WebSocket.Enabled ||
+		r.WebSocket.IdleTimeout != time.Hour || r.MaxRequestBody != 100<<20 {
+		t.Errorf("route = %+v, want defaults applied", r)
+	}
+	u := cfg.Upstreams["app"]
+	if u.ConnectTimeout != 5*time.Second || u.ResponseTimeout != 60*time.Second || u.MaxConnections != 512 {
+		t.Errorf("upstream = %+v, want defaults applied", u)
+	}
+	compiled := cfg.Table.Routes()
+	if up := compiled[0].Upstream; up.TLS == nil || up.TLS.MinVersion != 0x0303 || up.TLS.RootCAs != nil ||
+		up.Targets[0] != (routes.Target{Scheme: "https", Addr: "backend.internal:443"}) {
+		t.Errorf("upstream = %+v, want https on port 443 with a default TLS config", up)
+	}
+	if compiled[1].Redirect.Status != 302 || compiled[2].Respond.Status != 200 {
+		t.Errorf("redirect %+v, respond %+v: want status 302 and 200", compiled[1].Redirect, compiled[2].Respond)
+	}
+}
+
+func TestSharedUpstream(t *testing.T) {
+	cfg := loadString(t, `
+listeners: [{addr: "127.0.0.1:0"}]
+upstreams: {app: {targets: ["http://127.0.0.1:9001"]}}
+routes:
+  - {match: {path: /a}, upstream: app}
+  - {match: {path: /b}, upstream: app}
+`)
+	rs := cfg.Table.Routes()
+	if rs[0].Upstream != rs[1].Upstream {
+		t.Error("routes naming the same upstream got different *routes.Upstream values")
+	}
+}
+
+// FuzzParse checks that Parse never panics and that every line of an error
+// names the file and a line of it.
+func FuzzParse(f *testing.F) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.yaml"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	prefix := regexp.MustCompile(`^fuzz\.yaml:([1-9][0-9]*): `)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("fuzz.yaml", data)
+		if err == nil {
+			if cfg == nil || cfg.Table == nil {
+				t.Fatal("Parse returned no error and no compiled config")
+			}
+			cfg.Table.Match([]byte("GET"), []byte("example.com"), []byte("/"))
+			return
+		}
+		if cfg != nil {
+			t.Error("Parse returned a config and an error")
+		}
+		lines := bytes.Count(data, []byte("\n")) + 1
+		for _, msg := range strings.Split(err.Error(), "\n") {
+			m := prefix.FindStringSubmatch(msg)
+			if m == nil {
+				t.Errorf("error line %q does not start with fuzz.yaml:LINE:", msg)
+				continue
+			}
+			if n, _ := strconv.Atoi(m[1]); n > lines {
+				t.Errorf("error line %q: the input has %d lines", msg, lines)
+			}
+		}
+		joined, ok := err.(interface{ Unwrap() []error })
+		if !ok {
+			t.Fatalf("error %T is not a list of *FieldError", err)
+		}
+		for _, e := range joined.Unwrap() {
+			if _, ok := e.(*FieldError); !ok {
+				t.Errorf("error %T (%v) is not a *FieldError", e, e)
+			}
+		}
+	})
+}
