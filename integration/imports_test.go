@@ -1,0 +1,60 @@
+package integration
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const modulePath = "github.com/wsgate/wsgate"
+
+// deps returns the import paths of the non-standard packages that pkgs
+// depend on (themselves included), as go list -deps reports them.
+func deps(t *testing.T, pkgs ...string) []string {
+	t.Helper()
+	args := append([]string{"list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}"}, pkgs...)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = moduleRoot
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return lines(string(out))
+}
+
+// TestImportBoundaries enforces the layout in STYLE.md: only config sees
+// YAML, proxy never imports config, and routes and tls use the standard
+// library only.
+func TestImportBoundaries(t *testing.T) {
+	needBinary(t) // skipped under -short with the rest of the package
+
+	all := deps(t, "./proxy", "./routes", "./tls")
+	if len(all) == 0 {
+		t.Fatal("go list -deps listed nothing")
+	}
+	for _, p := range all {
+		if p == "gopkg.in/yaml.v3" || strings.HasPrefix(p, "gopkg.in/yaml.v3/") {
+			t.Errorf("proxy, routes or tls depend on %s; only config may", p)
+		}
+		if p == modulePath+"/config" || strings.HasPrefix(p, modulePath+"/config/") {
+			t.Errorf("proxy, routes or tls depend on %s", p)
+		}
+		if p == modulePath+"/cmd/wsgate" {
+			t.Errorf("proxy, routes or tls depend on %s", p)
+		}
+	}
+
+	for _, pkg := range []string{"./routes", "./tls"} {
+		for _, p := range deps(t, pkg) {
+			// go list marks standard packages, so any other package
+			// outside this module (a dotted module path like
+			// golang.org/x/net, or anything else) is a dependency.
+			if p != modulePath && !strings.HasPrefix(p, modulePath+"/") {
+				t.Errorf("%s depends on %s; it may use only the standard library", pkg, p)
+			}
+			if p == modulePath+"/proxy" || p == modulePath+"/config" {
+				t.Errorf("%s depends on %s", pkg, p)
+			}
+		}
+	}
+}
