@@ -245,18 +245,6 @@ func countListeners(path string) (int, error) {
 	return len(doc.Listeners), nil
 }
 
-// builtinAddr returns the address of the first listener with builtin b.
-func (g *gw) builtinAddr(b string) string {
-	g.t.Helper()
-	for _, l := range g.Listeners {
-		if l.Builtin == b {
-			return l.Addr
-		}
-	}
-	g.t.Fatalf("no listener with builtin %q in %+v", b, g.Listeners)
-	return ""
-}
-
 // signal sends sig to the process.
 func (g *gw) signal(sig os.Signal) {
 	g.t.Helper()

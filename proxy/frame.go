@@ -56,7 +56,7 @@ type protocolError struct {
 
 func (e *protocolError) Error() string { return "protocol error: " + e.reason }
 
-func protoErr(format string, args ...any) error {
+func protoErr(format string, args ...any) *protocolError {
 	return &protocolError{code: closeProtocolError, reason: fmt.Sprintf(format, args...)}
 }
 

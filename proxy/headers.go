@@ -27,31 +27,57 @@ var hopByHop = [][]byte{
 // headerDeleter is the part of fasthttp's request and response headers
 // that hop-by-hop removal needs.
 type headerDeleter interface {
-	Peek(key string) []byte
+	PeekAll(key string) [][]byte
+	ConnectionClose() bool
 	DelBytes(key []byte)
 }
 
-// removeHopByHop deletes every field named in Connection, then the fixed
-// hop-by-hop fields. Names compare case-insensitively (fasthttp
-// normalises stored names, and DelBytes normalises its argument).
-// The nominated fields go first, so a client cannot name a field that
-// wsgate adds itself afterwards (X-Forwarded-For).
+// removeHopByHop deletes every field named in any Connection line, then
+// the fixed hop-by-hop fields (RFC 9110 §7.6.1). Names compare
+// case-insensitively (fasthttp normalises stored names, and DelBytes
+// normalises its argument). The nominated fields go first, so a client
+// cannot name a field that wsgate adds itself afterwards
+// (X-Forwarded-For).
+//
+// fasthttp hides Connection lines in two ways: a final "Connection: close"
+// line hides the earlier ones from Peek and PeekAll, and
+// ResetConnectionClose deletes them. A parsed request keeps its raw head,
+// which is read instead; for a response, call this before
+// ResetConnectionClose.
+//
+// It does not allocate: tokens are read in place, which is safe because
+// DelBytes only moves whole entries and never rewrites the bytes of the
+// lines being read.
 func removeHopByHop(h headerDeleter) {
-	if conn := h.Peek("Connection"); len(conn) > 0 {
-		// Copy: DelBytes may move the bytes conn points into.
-		var buf [256]byte
-		list := append(buf[:0], conn...)
-		for len(list) > 0 {
-			var tok []byte
-			if i := bytes.IndexByte(list, ','); i >= 0 {
-				tok, list = list[:i], list[i+1:]
+	if rh, ok := h.(*fasthttp.RequestHeader); ok {
+		raw := rh.RawHeaders()
+		for len(raw) > 0 {
+			var line []byte
+			if i := indexCRLF(raw); i >= 0 {
+				line, raw = raw[:i], raw[i+1:]
 			} else {
-				tok, list = list, nil
+				line, raw = raw, nil
 			}
-			tok = bytes.TrimSpace(tok)
-			if len(tok) > 0 {
-				h.DelBytes(tok)
+			if colon := indexByteOf(line, ':'); colon > 0 && equalFoldASCII(line[:colon], "connection") {
+				deleteNominated(h, line[colon+1:])
 			}
+		}
+	}
+	if !h.ConnectionClose() {
+		for _, line := range h.PeekAll("Connection") {
+			deleteNominated(h, line)
+		}
+	} else if rh, ok := h.(*fasthttp.ResponseHeader); ok {
+		// Collect, then delete: All must not run over a changing list.
+		var buf [8][]byte
+		lines := buf[:0]
+		for k, v := range rh.All() {
+			if equalFoldASCII(k, "connection") {
+				lines = append(lines, v)
+			}
+		}
+		for _, v := range lines {
+			deleteNominated(h, v)
 		}
 	}
 	for _, name := range hopByHop {
@@ -59,8 +85,25 @@ func removeHopByHop(h headerDeleter) {
 	}
 }
 
+// deleteNominated deletes each field named in the Connection value v.
+func deleteNominated(h headerDeleter, v []byte) {
+	for len(v) > 0 {
+		var tok []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			tok, v = v[:i], v[i+1:]
+		} else {
+			tok, v = v, nil
+		}
+		if tok = trimOWS(tok); len(tok) > 0 {
+			h.DelBytes(tok)
+		}
+	}
+}
+
 // hasToken reports whether the comma-separated header value v contains
-// token, compared ASCII case-insensitively (RFC 9110 §5.6.1).
+// token, compared ASCII case-insensitively after trimming optional white
+// space (RFC 9110 §5.6.1, §5.6.2). token must be lower-case. Unicode case
+// folding would be wrong: "webſocket" is not "websocket".
 func hasToken(v []byte, token string) bool {
 	for len(v) > 0 {
 		var tok []byte
@@ -69,7 +112,7 @@ func hasToken(v []byte, token string) bool {
 		} else {
 			tok, v = v, nil
 		}
-		if bytes.EqualFold(bytes.TrimSpace(tok), []byte(token)) {
+		if equalFoldASCII(trimOWS(tok), token) {
 			return true
 		}
 	}
@@ -77,18 +120,26 @@ func hasToken(v []byte, token string) bool {
 }
 
 // appendForwardedFor appends the X-Forwarded-For value to dst: the prior
-// values when the peer is a trusted proxy, then the peer address. An
-// untrusted peer's X-Forwarded-For is dropped, so a client cannot forge
-// the addresses a backend sees.
+// addresses when the peer is a trusted proxy, then the peer address. The
+// prior field lines are joined into one list; empty list elements and
+// optional white space around elements are dropped. An untrusted peer's
+// X-Forwarded-For is dropped, so a client cannot forge the addresses a
+// backend sees.
 func appendForwardedFor(dst []byte, prior [][]byte, peer netip.Addr, trusted []netip.Prefix) []byte {
 	if isTrusted(peer, trusted) {
-		for _, p := range prior {
-			p = bytes.TrimSpace(p)
-			if len(p) == 0 {
-				continue
+		for _, line := range prior {
+			for len(line) > 0 {
+				var elem []byte
+				if i := bytes.IndexByte(line, ','); i >= 0 {
+					elem, line = line[:i], line[i+1:]
+				} else {
+					elem, line = line, nil
+				}
+				if elem = trimOWS(elem); len(elem) > 0 {
+					dst = append(dst, elem...)
+					dst = append(dst, ", "...)
+				}
 			}
-			dst = append(dst, p...)
-			dst = append(dst, ", "...)
 		}
 	}
 	return peer.AppendTo(dst)
@@ -103,42 +154,67 @@ func isTrusted(peer netip.Addr, trusted []netip.Prefix) bool {
 	return false
 }
 
+// Header names setForwarded writes or drops.
+var (
+	hdrXFF       = []byte("X-Forwarded-For")
+	hdrXFProto   = []byte("X-Forwarded-Proto")
+	hdrXFHost    = []byte("X-Forwarded-Host")
+	hdrForwarded = []byte("Forwarded")
+	hdrXRealIP   = []byte("X-Real-Ip")
+	valueHTTP    = []byte("http")
+	valueHTTPS   = []byte("https")
+)
+
 // setForwarded sets X-Forwarded-For, -Proto and -Host on a request that is
-// about to leave for a backend. Proto and Host from a trusted proxy are
-// kept; from anyone else they are replaced.
+// about to leave for a backend, replacing every line the client sent.
+// Proto and Host from a trusted proxy are kept; from anyone else they are
+// replaced, and the client's Forwarded and X-Real-IP are dropped: wsgate
+// does not set them, and a backend must not read forged addresses there.
 func setForwarded(dst *fasthttp.RequestHeader, src *fasthttp.RequestHeader, peer netip.Addr, isTLS bool, trusted []netip.Prefix) {
 	var buf [256]byte
 	xff := appendForwardedFor(buf[:0], src.PeekAll("X-Forwarded-For"), peer, trusted)
-	dst.SetBytesV("X-Forwarded-For", xff)
+	// SetCanonical replaces only the first line of a repeated field.
+	dst.DelBytes(hdrXFF)
+	dst.SetCanonical(hdrXFF, xff)
 	fromTrusted := isTrusted(peer, trusted)
-	if !fromTrusted || len(src.Peek("X-Forwarded-Proto")) == 0 {
+	if !fromTrusted {
+		dst.DelBytes(hdrForwarded)
+		dst.DelBytes(hdrXRealIP)
+	}
+	if proto := src.PeekAll("X-Forwarded-Proto"); !fromTrusted || len(proto) != 1 || len(proto[0]) == 0 {
+		dst.DelBytes(hdrXFProto)
 		if isTLS {
-			dst.Set("X-Forwarded-Proto", "https")
+			dst.SetCanonical(hdrXFProto, valueHTTPS)
 		} else {
-			dst.Set("X-Forwarded-Proto", "http")
+			dst.SetCanonical(hdrXFProto, valueHTTP)
 		}
 	}
-	if !fromTrusted || len(src.Peek("X-Forwarded-Host")) == 0 {
-		dst.SetBytesV("X-Forwarded-Host", src.Host())
+	if host := src.PeekAll("X-Forwarded-Host"); !fromTrusted || len(host) != 1 || len(host[0]) == 0 {
+		dst.DelBytes(hdrXFHost)
+		dst.SetCanonical(hdrXFHost, src.Host())
 	}
 }
 
-// applyRequestOps applies a route's request header edits.
+// applyRequestOps applies a route's request header edits. A set replaces
+// every line of the field.
 func applyRequestOps(h *fasthttp.RequestHeader, ops *routes.HeaderOps) {
 	for _, name := range ops.Remove {
 		h.Del(name)
 	}
 	for _, kv := range ops.Set {
+		h.Del(kv.Name)
 		h.Set(kv.Name, kv.Value)
 	}
 }
 
-// applyResponseOps applies a route's response header edits.
+// applyResponseOps applies a route's response header edits. A set
+// replaces every line of the field.
 func applyResponseOps(h *fasthttp.ResponseHeader, ops *routes.HeaderOps) {
 	for _, name := range ops.Remove {
 		h.Del(name)
 	}
 	for _, kv := range ops.Set {
+		h.Del(kv.Name)
 		h.Set(kv.Name, kv.Value)
 	}
 }

@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,4 +241,157 @@ func closedAfter(t testing.TB, c net.Conn) bool {
 	var b [1]byte
 	n, err := c.Read(b[:])
 	return n == 0 && err == io.EOF
+}
+
+// proxySetup adjusts a test proxy: Server sizes the front-end server and
+// Options is passed to New (Routes, Logger and AccessLog are filled in;
+// NoAccessLog turns the access log off, for benchmarks).
+type proxySetup struct {
+	Server      ServerOptions
+	Options     Options
+	NoAccessLog bool
+}
+
+// startProxyWith is startProxy with server and handler options.
+func startProxyWith(t testing.TB, s proxySetup, rs ...*routes.Route) *testProxy {
+	t.Helper()
+	table, err := routes.New(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	o := s.Options
+	o.Routes = table
+	o.AccessLog = !s.NoAccessLog
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	}
+	h := New(o)
+	srv := NewServer(h, s.Server)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.ShutdownWithContext(ctx)
+		h.Drain(ctx)
+		<-done
+		if t.Failed() {
+			t.Logf("proxy logs:\n%s", logs.String())
+		}
+	})
+	return &testProxy{h: h, addr: ln.Addr().String(), logs: logs}
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+// startCountingBackend is startBackend that also returns the number of
+// connections the backend has accepted so far.
+func startCountingBackend(t testing.TB, h http.Handler) (string, *atomic.Int64) {
+	t.Helper()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &countingListener{Listener: inner}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		srv.Close()
+	})
+	return ln.Addr().String(), &ln.accepted
+}
+
+// startTCPBackend accepts TCP connections on 127.0.0.1:0 and runs serve on
+// each in its own goroutine, leaving the whole exchange to it; it returns
+// the address and the number of connections accepted so far. At cleanup
+// it closes the listener and every connection and waits for the serve
+// goroutines.
+func startTCPBackend(t testing.TB, serve func(net.Conn)) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		accepted atomic.Int64
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		conns    []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				serve(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String(), &accepted
+}
+
+// readRequestHead reads a request head (up to the blank line) from br.
+func readRequestHead(br *bufio.Reader) (string, error) {
+	var head strings.Builder
+	for range 200 {
+		line, err := br.ReadString('\n')
+		head.WriteString(line)
+		if err != nil {
+			return head.String(), err
+		}
+		if line == "\r\n" || line == "\n" {
+			return head.String(), nil
+		}
+	}
+	return head.String(), errors.New("request head has too many lines")
+}
+
+// closedOrReset reports whether the server ends c without sending
+// anything more: with a FIN, or with a reset when it closes while request
+// bytes it never read are still queued.
+func closedOrReset(t testing.TB, c net.Conn) bool {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	n, err := c.Read(b[:])
+	return n == 0 && (err == io.EOF || errors.Is(err, syscall.ECONNRESET))
 }

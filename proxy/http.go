@@ -51,7 +51,7 @@ func newHostClient(up *routes.Upstream, t routes.Target) *fasthttp.HostClient {
 			if err != nil {
 				return nil, err
 			}
-			return &readIdleConn{Conn: c, timeout: up.ResponseTimeout}, nil
+			return &idleConn{Conn: c, timeout: up.ResponseTimeout}, nil
 		},
 		MaxConns:                 up.MaxConnections,
 		MaxConnWaitTimeout:       connect,
@@ -87,24 +87,37 @@ func retryIfErr(req *fasthttp.Request, attempts int, err error) (resetTimeout, r
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// readIdleConn applies the upstream response timeout to every read: the
-// response head must start, and the body keep flowing, within it (like
-// nginx's proxy_read_timeout). HostClient.ReadTimeout would instead cut
-// long streams such as server-sent events.
-type readIdleConn struct {
+// idleConn applies the upstream response timeout to every read and
+// write: the response head must start, the body keep flowing, and a
+// request body keep draining within it (like nginx's proxy_read_timeout
+// and proxy_send_timeout). HostClient.ReadTimeout would instead cut long
+// streams such as server-sent events, and HostClient has no per-write
+// idle bound, so a backend that stops reading an upload would hold the
+// request forever.
+type idleConn struct {
 	net.Conn
 	timeout time.Duration
 }
 
-func (c *readIdleConn) Read(p []byte) (int, error) {
+func (c *idleConn) Read(p []byte) (int, error) {
 	if c.timeout > 0 {
 		_ = c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
 	}
 	return c.Conn.Read(p)
 }
 
+func (c *idleConn) Write(p []byte) (int, error) {
+	if c.timeout > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	}
+	return c.Conn.Write(p)
+}
+
 // SetReadDeadline is a no-op: Read owns the read deadline.
-func (c *readIdleConn) SetReadDeadline(time.Time) error { return nil }
+func (c *idleConn) SetReadDeadline(time.Time) error { return nil }
+
+// SetWriteDeadline is a no-op: Write owns the write deadline.
+func (c *idleConn) SetWriteDeadline(time.Time) error { return nil }
 
 // pick returns the targets in the order to try: round-robin start, then
 // the others, so a refused connection moves on to the next target.
@@ -125,11 +138,17 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		return
 	}
 
+	if isAbsoluteForm(ctx) {
+		// RFC 9112 §3.2.2: the target's authority replaces Host. Routing
+		// used it already (ctx.Host); X-Forwarded-Host must agree.
+		ctx.Request.Header.SetHostBytes(ctx.Host())
+	}
+
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
 	ctx.Request.Header.CopyTo(&req.Header)
-	req.Header.ResetConnectionClose()
 	removeHopByHop(&req.Header)
+	req.Header.ResetConnectionClose()
 	setForwarded(&req.Header, &ctx.Request.Header, peerAddr(ctx), ctx.IsTLS(), h.trusted)
 	applyRequestOps(&req.Header, &r.RequestHeaders)
 	setUpstreamURI(req, ctx, r)
@@ -158,25 +177,54 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 			break
 		}
 	}
-	if body != nil && !body.eof {
-		// The client's body was not read to its end: the connection
-		// cannot carry another request.
-		ctx.SetConnectionClose()
-	}
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		status, msg := upstreamStatus(err)
-		if body != nil && body.tooLarge {
-			status, msg = fasthttp.StatusRequestEntityTooLarge, "request body too large"
+		if body != nil {
+			switch {
+			case body.tooLarge:
+				status, msg = fasthttp.StatusRequestEntityTooLarge, "request body too large"
+			case body.err != nil && isTimeout(body.err):
+				status, msg = fasthttp.StatusRequestTimeout, "request body timeout"
+			case body.err != nil:
+				// A malformed body (bad chunk framing, a client gone
+				// mid-body) is the client's fault, not the backend's.
+				status, msg = fasthttp.StatusBadRequest, "bad request body"
+			}
 		}
 		h.fail(ctx, r, t.Addr, status, msg, err)
+	}
+	if body != nil && !body.eof {
+		// The client's body was not read to its end: the connection
+		// cannot carry another request, or what is left of the body
+		// would be read as the next one (smuggling). After fail, which
+		// resets the response.
+		ctx.SetConnectionClose()
+	}
+	if err != nil {
+		return
+	}
+	if resp.StatusCode() == fasthttp.StatusSwitchingProtocols {
+		// wsgate forwarded no Upgrade, so nothing may switch (RFC 9110
+		// §15.2.2); relaying the 101 would leave the client believing
+		// its connection changed protocol.
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		h.fail(ctx, r, t.Addr, fasthttp.StatusBadGateway, "bad gateway", errUnexpectedSwitch)
 		return
 	}
 
-	ctx.Response.Header.SetStatusCode(resp.StatusCode())
 	resp.Header.CopyTo(&ctx.Response.Header)
-	ctx.Response.Header.ResetConnectionClose()
+	// CopyTo also copies what describes the backend's message rather
+	// than wsgate's: an HTTP/1.0 status line (an intermediary sends its
+	// own version, RFC 9110 §6.2) and fasthttp's default Content-Type,
+	// which would be added to a response that had none.
+	ctx.Response.Header.SetProtocol(http11)
+	ctx.Response.Header.SetNoDefaultContentType(true)
+	// Hop-by-hop removal first: ResetConnectionClose would drop the
+	// Connection lines it reads.
 	removeHopByHop(&ctx.Response.Header)
+	ctx.Response.Header.ResetConnectionClose()
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
 
 	stream := resp.BodyStream()
@@ -203,6 +251,13 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	ctx.Response.SetBodyStream(rb, size)
 }
 
+// isAbsoluteForm reports whether the request target is in absolute form
+// ("GET http://host/path"), not origin form ("/path") or "*".
+func isAbsoluteForm(ctx *fasthttp.RequestCtx) bool {
+	uri := ctx.Request.Header.RequestURI()
+	return len(uri) > 0 && uri[0] != '/' && uri[0] != '*'
+}
+
 // setUpstreamURI sets the request target sent upstream: the normalised
 // path that routing saw (so the backend acts on what was matched), minus
 // the route prefix with strip_prefix, plus the query.
@@ -222,6 +277,11 @@ func setUpstreamURI(req *fasthttp.Request, ctx *fasthttp.RequestCtx, r *routes.R
 	u.SetPathBytes(path)
 	u.SetQueryStringBytes(ctx.URI().QueryString())
 	u.SetHostBytes(ctx.Host())
+	// Userinfo in an absolute-form target ("http://user:pw@host/") would
+	// become an Authorization header when fasthttp writes the request,
+	// after the route's header edits (RFC 9110 §4.2.4: treat as an error).
+	u.SetUsername("")
+	u.SetPassword("")
 }
 
 // upstreamStatus maps an upstream error to the status the client gets:
@@ -247,7 +307,11 @@ func (h *Handler) fail(ctx *fasthttp.RequestCtx, r *routes.Route, backend string
 	h.logRequest(ctx, r, status, backend)
 }
 
-var errBodyTooLarge = errors.New("request body too large")
+var (
+	errBodyTooLarge     = errors.New("request body too large")
+	errUnexpectedSwitch = errors.New("backend switched protocols on a request without Upgrade")
+	http11              = []byte("HTTP/1.1")
+)
 
 // requestBody streams a client's request body upstream, enforcing the
 // route's size limit (fasthttp's MaxRequestBodySize does not apply to
@@ -260,6 +324,7 @@ type requestBody struct {
 	timeout  time.Duration
 	eof      bool
 	tooLarge bool
+	err      error // the client's body failed: bad framing, timeout, gone
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
@@ -272,8 +337,11 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		b.tooLarge = true
 		return 0, errBodyTooLarge
 	}
-	if err == io.EOF {
+	switch {
+	case err == io.EOF:
 		b.eof = true
+	case err != nil:
+		b.err = err
 	}
 	return n, err
 }

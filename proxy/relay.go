@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -35,9 +36,11 @@ type leg struct {
 	// of the backend); frames read from the other leg then arrive masked.
 	masked bool
 
-	mu        sync.Mutex // guards writes to conn and the fields below
-	closeSent bool       // a close frame went out, or the leg is dead
-	wbuf      []byte     // scratch for headers and control frames
+	mu sync.Mutex // guards writes to conn and the fields below
+	// closeSent: a close frame is out (or reserved, see reserveClose),
+	// or the leg is dead; nothing more may be written to conn.
+	closeSent bool
+	wbuf      []byte // scratch for headers and control frames
 
 	// Set by the pump reading this leg, read after both pumps end.
 	closeCode   uint16 // close code this leg sent, 0 if none
@@ -62,14 +65,16 @@ type session struct {
 	write      time.Duration
 
 	lastActive atomic.Int64 // unix nanoseconds of the last frame either way
-	closing    atomic.Bool  // close frames are out; reads are bounded by closeBy
-	closeBy    atomic.Int64 // unix nanoseconds
-	endMu      sync.Mutex
-	started    bool        // guarded by endMu: client is set and the pumps run
-	goingAway  bool        // guarded by endMu: Drain asked for 1001 before the start
-	pumpsRun   int         // guarded by endMu
-	force      *time.Timer // guarded by endMu
-	ended      bool        // guarded by endMu: conns are closed
+	// closeBy is 0 while the session is open; once the closing handshake
+	// starts it holds the unix nanoseconds by which both legs must be
+	// done, and every read deadline is set to it.
+	closeBy   atomic.Int64
+	endMu     sync.Mutex
+	started   bool        // guarded by endMu: client is set and the pumps run
+	goingAway bool        // guarded by endMu: Drain asked for 1001 before the start
+	pumpsRun  int         // guarded by endMu
+	force     *time.Timer // guarded by endMu
+	ended     bool        // guarded by endMu: conns are closed
 }
 
 // run relays frames both ways until both sides are done, then closes both
@@ -82,8 +87,15 @@ func (s *session) run(client net.Conn) {
 	s.client = &leg{name: "client", conn: client, br: bufio.NewReaderSize(client, 4096)}
 	s.started = true
 	s.pumpsRun = 2
-	away := s.goingAway
+	away, ended := s.goingAway, s.ended
 	s.endMu.Unlock()
+	if ended {
+		// Drain cut the session before fasthttp handed over the client
+		// connection; closeConns could not close it then.
+		_ = client.Close()
+		s.log()
+		return
+	}
 	if away {
 		s.goAway()
 	}
@@ -134,20 +146,30 @@ func (s *session) closeConns() {
 }
 
 // closeBoth sends close frames to both legs (each only once) and bounds
-// the remaining reads by closeWait.
+// the remaining reads by closeWait. Both closes are reserved before either
+// is written: otherwise the first peer could echo its close before the
+// second one is out, and its pump would relay that echo to the other peer
+// in place of the code chosen here.
 func (s *session) closeBoth(clientCode uint16, clientReason string, backendCode uint16, backendReason string) {
 	s.startClosing()
-	_ = s.client.sendClose(clientCode, clientReason, s.write)
-	_ = s.backend.sendClose(backendCode, backendReason, s.write)
+	toClient := s.client.reserveClose()
+	toBackend := s.backend.reserveClose()
+	if toClient {
+		s.client.writeClose(clientCode, clientReason)
+	}
+	if toBackend {
+		s.backend.writeClose(backendCode, backendReason)
+	}
 }
 
+// startClosing starts the closing handshake: from now on every read is
+// bounded by closeBy. Safe to call more than once.
 func (s *session) startClosing() {
-	if s.closing.CompareAndSwap(false, true) {
-		by := time.Now().Add(closeWait)
-		s.closeBy.Store(by.UnixNano())
+	by := time.Now().Add(closeWait).UnixNano()
+	if s.closeBy.CompareAndSwap(0, by) {
 		// Wake pumps blocked on a long idle deadline.
-		_ = s.client.conn.SetReadDeadline(by)
-		_ = s.backend.conn.SetReadDeadline(by)
+		_ = s.client.conn.SetReadDeadline(time.Unix(0, by))
+		_ = s.backend.conn.SetReadDeadline(time.Unix(0, by))
 	}
 }
 
@@ -163,101 +185,138 @@ func (s *session) goAway() {
 	s.closeBoth(closeGoingAway, "going away", closeGoingAway, "going away")
 }
 
+// pumpState is what a pump knows about the message in progress on its
+// source.
+type pumpState struct {
+	fromClient bool
+	inMessage  bool  // a fragmented data message is in progress
+	msgSize    int64 // payload bytes of the current message so far
+}
+
 // pump reads frames from src and forwards them to dst until src sends a
 // close frame, its connection ends, or it breaks the protocol. Only pump
 // reads src; writes to dst go under dst.mu, whole frames at a time, so
 // close frames injected by other goroutines land between frames.
 func (s *session) pump(src, dst *leg) {
-	fromClient := src == s.client
-	var (
-		inMessage bool  // a fragmented data message is in progress
-		msgSize   int64 // bytes of the current message so far
-	)
-	for {
-		s.setReadDeadline(src)
-		h, err := readHeader(src.br)
-		if err != nil {
-			var pe *protocolError
-			if errors.As(err, &pe) {
-				s.failProtocol(src, dst, pe)
-				return
-			}
-			if isTimeout(err) && !s.closing.Load() && s.idle > 0 {
-				last := time.Unix(0, s.lastActive.Load())
-				if time.Since(last) < s.idle {
-					continue // the other direction is busy: not idle
-				}
-				s.closeBoth(closeGoingAway, "idle timeout", closeGoingAway, "idle timeout")
-				continue // read the close replies until closeBy
-			}
-			s.sourceGone(src, dst)
-			return
-		}
-		if err := s.check(&h, fromClient, &inMessage); err != nil {
-			s.failProtocol(src, dst, err.(*protocolError))
-			return
-		}
-		s.lastActive.Store(time.Now().UnixNano())
-
-		if h.isControl() {
-			var payload [maxControlPayload]byte
-			total := h.size + int(h.length)
-			b, err := src.br.Peek(total)
-			if err != nil {
-				s.sourceGone(src, dst)
-				return
-			}
-			p := payload[:copy(payload[:], b[h.size:])]
-			_, _ = src.br.Discard(total)
-			if h.masked {
-				maskBytes(h.mask, 0, p)
-			}
-			switch h.opcode {
-			case opClose:
-				cp, err := parseClose(p)
-				if err != nil {
-					s.failProtocol(src, dst, err.(*protocolError))
-					return
-				}
-				src.closeCode, src.closeReason = cp.code, cp.reason
-				s.startClosing()
-				_ = dst.sendClose(relayCloseCode(cp.code), cp.reason, s.write)
-				return
-			default: // ping, pong: end to end, so each peer answers the other
-				_ = dst.writeControl(h.opcode, p, s.write)
-			}
-			continue
-		}
-
-		// Data frame.
-		if h.opcode != opContinuation {
-			msgSize = 0
-			src.messages++
-		}
-		msgSize += h.length
-		src.bytes += h.length
-		inMessage = !h.fin
-		if s.maxMessage > 0 && msgSize > s.maxMessage {
-			// RFC 6455 §7.4.1: 1009 to the sender; the receiver loses its
-			// peer, so it gets 1001.
-			if fromClient {
-				s.closeBoth(closeTooBig, errMessageTooBig.Error(), closeGoingAway, "client message too big")
-			} else {
-				s.closeBoth(closeGoingAway, "backend message too big", closeTooBig, errMessageTooBig.Error())
-			}
-		}
-		if err := s.forward(src, dst, &h); err != nil {
-			s.sourceGone(src, dst)
-			return
-		}
+	st := pumpState{fromClient: src == s.client}
+	for s.relayFrame(src, dst, &st) {
 	}
 }
 
+// relayFrame reads one frame from src and deals with it: data frames are
+// forwarded, pings and pongs relayed, a close ends the direction. It
+// reports whether the pump goes on.
+func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
+	s.setReadDeadline(src)
+	h, err := readHeader(src.br)
+	if err != nil {
+		var pe *protocolError
+		switch {
+		case errors.As(err, &pe):
+			s.failProtocol(src, dst, pe)
+			return false
+		case isTimeout(err) && s.onTimeout():
+			return true
+		}
+		s.sourceGone(src, dst)
+		return false
+	}
+	if pe := s.check(&h, st); pe != nil {
+		s.failProtocol(src, dst, pe)
+		return false
+	}
+	s.lastActive.Store(time.Now().UnixNano())
+
+	if h.isControl() {
+		return s.relayControl(src, dst, &h)
+	}
+	if h.opcode != opContinuation {
+		st.msgSize = 0
+		src.messages++
+	}
+	st.msgSize = addLength(st.msgSize, h.length)
+	src.bytes = addLength(src.bytes, h.length)
+	st.inMessage = !h.fin
+	if s.maxMessage > 0 && st.msgSize > s.maxMessage {
+		// Enforced from the header, before any of the frame is
+		// forwarded: it is read and dropped. RFC 6455 §7.4.1: 1009 to
+		// the sender; the receiver loses its peer, so it gets 1001.
+		if st.fromClient {
+			s.closeBoth(closeTooBig, errMessageTooBig.Error(), closeGoingAway, "client message too big")
+		} else {
+			s.closeBoth(closeGoingAway, "backend message too big", closeTooBig, errMessageTooBig.Error())
+		}
+	}
+	if !s.forward(src, dst, &h) {
+		s.sourceGone(src, dst)
+		return false
+	}
+	return true
+}
+
+// relayControl handles a control frame whose header is h: a close ends
+// the direction (its code and reason go to dst), a ping or pong goes to
+// dst unchanged so that the peers answer each other.
+func (s *session) relayControl(src, dst *leg, h *frameHeader) bool {
+	var payload [maxControlPayload]byte
+	total := h.size + int(h.length) // ≤ 14+125: fits the read buffer
+	b, err := src.br.Peek(total)
+	if err != nil {
+		s.sourceGone(src, dst)
+		return false
+	}
+	p := payload[:copy(payload[:], b[h.size:])]
+	_, _ = src.br.Discard(total)
+	if h.masked {
+		maskBytes(h.mask, 0, p)
+	}
+	if h.opcode != opClose {
+		_ = dst.writeControl(h.opcode, p, s.write)
+		return true
+	}
+	cp, err := parseClose(p)
+	if err != nil {
+		s.failProtocol(src, dst, err.(*protocolError))
+		return false
+	}
+	src.closeCode, src.closeReason = cp.code, cp.reason
+	s.startClosing()
+	dst.sendClose(relayCloseCode(cp.code), cp.reason)
+	return false
+}
+
+// addLength adds n to total, saturating: declared lengths go up to 2^63-1.
+func addLength(total, n int64) int64 {
+	if total > math.MaxInt64-n {
+		return math.MaxInt64
+	}
+	return total + n
+}
+
+// onTimeout handles a read deadline on a pump's source and reports
+// whether the pump keeps reading.
+func (s *session) onTimeout() bool {
+	now := time.Now().UnixNano()
+	if by := s.closeBy.Load(); by != 0 {
+		// Closing: the peer has until closeBy to answer. An idle deadline
+		// set just before the closing started may fire earlier.
+		return now < by
+	}
+	if s.idle <= 0 {
+		return false
+	}
+	if time.Duration(now-s.lastActive.Load()) < s.idle {
+		return true // the other direction is busy: not idle
+	}
+	s.closeBoth(closeGoingAway, "idle timeout", closeGoingAway, "idle timeout")
+	return true // read the close replies until closeBy
+}
+
 // check validates a frame header against RFC 6455 §5 and the message
-// state; it returns a *protocolError.
-func (s *session) check(h *frameHeader, fromClient bool, inMessage *bool) error {
-	if fromClient != h.masked {
-		if fromClient {
+// state of its direction.
+func (s *session) check(h *frameHeader, st *pumpState) *protocolError {
+	if st.fromClient != h.masked {
+		if st.fromClient {
 			return protoErr("unmasked client frame")
 		}
 		return protoErr("masked server frame")
@@ -271,11 +330,11 @@ func (s *session) check(h *frameHeader, fromClient bool, inMessage *bool) error 
 	}
 	switch h.opcode {
 	case opContinuation:
-		if !*inMessage {
+		if !st.inMessage {
 			return protoErr("continuation frame without a message")
 		}
 	case opText, opBinary:
-		if *inMessage {
+		if st.inMessage {
 			return protoErr("new data frame inside a fragmented message")
 		}
 	case opClose, opPing, opPong:
@@ -294,14 +353,13 @@ func (s *session) check(h *frameHeader, fromClient bool, inMessage *bool) error 
 // forward copies one data frame from src to dst. Frames toward the backend
 // are re-masked with a key wsgate chose (RFC 6455 §5.3: the masking key
 // must be unpredictable to the application that supplies the payload).
-// Frames for a leg that is closed are read and dropped. It returns an
-// error only when reading src fails.
-func (s *session) forward(src, dst *leg, h *frameHeader) error {
-	total := int64(h.size) + h.length
+// Frames for a leg that is closed are read and dropped. A failed write
+// breaks dst (see breakLocked). It reports false when reading src failed.
+func (s *session) forward(src, dst *leg, h *frameHeader) bool {
 	dst.mu.Lock()
 	defer dst.mu.Unlock()
 	if dst.closeSent {
-		return discard(src.br, total)
+		return discard(src.br, int64(h.size)) == nil && discard(src.br, h.length) == nil
 	}
 	var xor [4]byte // old key XOR new key: re-masks in one pass
 	if dst.masked {
@@ -315,28 +373,32 @@ func (s *session) forward(src, dst *leg, h *frameHeader) error {
 	if s.write > 0 {
 		_ = dst.conn.SetWriteDeadline(time.Now().Add(s.write))
 	}
-	if total <= int64(src.br.Size()) {
+	if h.length <= int64(src.br.Size()-h.size) {
 		// Small frame: forward it from the read buffer in one write.
-		b, err := src.br.Peek(int(total))
+		total := h.size + int(h.length)
+		b, err := src.br.Peek(total)
 		if err != nil {
-			return err
+			return false
 		}
 		if dst.masked {
 			copy(b[h.size-4:h.size], h.mask[:])
 			maskBytes(xor, 0, b[h.size:])
 		}
 		_, werr := dst.conn.Write(b)
-		_, _ = src.br.Discard(int(total))
+		_, _ = src.br.Discard(total)
 		if werr != nil {
-			dst.closeSent = true // dead: the other pump reports it
+			dst.breakLocked()
 		}
-		return nil
+		return true
 	}
 	dst.wbuf = appendHeader(dst.wbuf[:0], h)
 	if _, err := src.br.Discard(h.size); err != nil {
-		return err
+		return false
 	}
 	_, werr := dst.conn.Write(dst.wbuf)
+	if werr != nil {
+		dst.breakLocked()
+	}
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := *bp
@@ -345,10 +407,13 @@ func (s *session) forward(src, dst *leg, h *frameHeader) error {
 		n := min(int64(len(buf)), remaining)
 		m, err := src.br.Read(buf[:n])
 		if m == 0 && err != nil {
+			// Part of the frame went out and the rest never will: no
+			// close frame can follow on dst, so cut it now rather than
+			// leave its peer waiting for the rest.
 			if werr == nil {
-				dst.closeSent = true // half a frame went out: the leg is unusable
+				dst.breakLocked()
 			}
-			return err
+			return false
 		}
 		remaining -= int64(m)
 		if werr != nil {
@@ -357,15 +422,14 @@ func (s *session) forward(src, dst *leg, h *frameHeader) error {
 		if dst.masked {
 			pos = maskBytes(xor, pos, buf[:m])
 		}
-		if _, werr = dst.conn.Write(buf[:m]); werr == nil && s.write > 0 {
+		if _, werr = dst.conn.Write(buf[:m]); werr != nil {
+			dst.breakLocked()
+		} else if s.write > 0 {
 			_ = dst.conn.SetWriteDeadline(time.Now().Add(s.write))
 		}
 		s.extendReadDeadline(src)
 	}
-	if werr != nil {
-		dst.closeSent = true
-	}
-	return nil
+	return true
 }
 
 // discard reads and drops n bytes from br.
@@ -405,43 +469,74 @@ func (s *session) sourceGone(src, dst *leg) {
 	src.closeSent = true // nothing more can be written to a gone peer
 	src.mu.Unlock()
 	if src == s.client {
-		_ = dst.sendClose(closeGoingAway, "client went away", s.write)
+		dst.sendClose(closeGoingAway, "client went away")
 	} else {
 		// RFC 6455 §7.4.1: 1011 for an unexpected condition; the client
 		// must never see 1006 because the backend vanished.
-		_ = dst.sendClose(closeInternalError, "backend went away", s.write)
+		dst.sendClose(closeInternalError, "backend went away")
 	}
 	s.startClosing()
 }
 
+// setReadDeadline bounds the next read from src: by closeBy while
+// closing, else by the idle timeout counted from the last frame either
+// way.
 func (s *session) setReadDeadline(src *leg) {
-	switch {
-	case s.closing.Load():
-		_ = src.conn.SetReadDeadline(time.Unix(0, s.closeBy.Load()))
-	case s.idle > 0:
-		_ = src.conn.SetReadDeadline(time.Now().Add(s.idle))
+	if by := s.closeBy.Load(); by != 0 {
+		_ = src.conn.SetReadDeadline(time.Unix(0, by))
+		return
+	}
+	if s.idle <= 0 {
+		return
+	}
+	_ = src.conn.SetReadDeadline(time.Unix(0, s.lastActive.Load()).Add(s.idle))
+	// startClosing may have set closeBy on this conn between the check
+	// above and the call: re-apply it, or this read could wait for the
+	// whole idle timeout instead of closeWait.
+	if by := s.closeBy.Load(); by != 0 {
+		_ = src.conn.SetReadDeadline(time.Unix(0, by))
 	}
 }
 
 // extendReadDeadline keeps a long frame from tripping the idle timeout
 // while its payload still flows.
 func (s *session) extendReadDeadline(src *leg) {
-	if s.idle > 0 && !s.closing.Load() {
+	if s.idle > 0 && s.closeBy.Load() == 0 {
 		s.lastActive.Store(time.Now().UnixNano())
-		_ = src.conn.SetReadDeadline(time.Now().Add(s.idle))
+		s.setReadDeadline(src)
 	}
 }
 
 // sendClose writes a close frame to l once; later calls do nothing.
-func (l *leg) sendClose(code uint16, reason string, timeout time.Duration) error {
+func (l *leg) sendClose(code uint16, reason string) {
+	if l.reserveClose() {
+		l.writeClose(code, reason)
+	}
+}
+
+// reserveClose claims the one close frame l may get and reports whether
+// the caller got it; from then on nothing else is written to l, so the
+// caller writes the frame (writeClose) without holding mu. It waits for a
+// frame in flight to finish: a close lands only between frames.
+func (l *leg) reserveClose() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closeSent {
-		return nil
+		return false
 	}
 	l.closeSent = true
-	l.wbuf = appendCloseFrame(l.wbuf[:0], code, reason, l.masked, newMaskKey())
-	return l.writeLocked(timeout)
+	return true
+}
+
+// writeClose writes a close frame reserved with reserveClose, bounded by
+// closeWait; a failed write cuts the connection.
+func (l *leg) writeClose(code uint16, reason string) {
+	var buf [maxFrameHeader + maxControlPayload]byte
+	b := appendCloseFrame(buf[:0], code, reason, l.masked, newMaskKey())
+	_ = l.conn.SetWriteDeadline(time.Now().Add(closeWait))
+	if _, err := l.conn.Write(b); err != nil {
+		_ = l.conn.Close()
+	}
 }
 
 // writeControl writes a ping or pong to l unless l is closed.
@@ -452,16 +547,24 @@ func (l *leg) writeControl(opcode byte, p []byte, timeout time.Duration) error {
 		return nil
 	}
 	l.wbuf = appendControlFrame(l.wbuf[:0], opcode, p, l.masked, newMaskKey())
-	return l.writeLocked(timeout)
-}
-
-func (l *leg) writeLocked(timeout time.Duration) error {
 	if timeout <= 0 || timeout > closeWait {
 		timeout = closeWait
 	}
 	_ = l.conn.SetWriteDeadline(time.Now().Add(timeout))
 	_, err := l.conn.Write(l.wbuf)
+	if err != nil {
+		l.breakLocked()
+	}
 	return err
+}
+
+// breakLocked marks l dead after a failed or unfinished write and closes
+// its connection: a partial frame may be on the wire, so not even a close
+// frame can follow. The pump reading l then fails at once, which tells the
+// other peer (sourceGone). l.mu must be held.
+func (l *leg) breakLocked() {
+	l.closeSent = true
+	_ = l.conn.Close()
 }
 
 func newMaskKey() [4]byte {

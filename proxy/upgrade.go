@@ -192,7 +192,7 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r 
 	req.SetBodyRaw(nil)
 
 	bw := bufio.NewWriterSize(conn, 2048)
-	if err := req.Write(bw); err == nil {
+	if err = req.Write(bw); err == nil {
 		err = bw.Flush()
 	}
 	if err != nil {
