@@ -111,13 +111,16 @@ type Upstream struct {
 	// TLS configures connections to https targets; allowed only when some
 	// target is https. Default: system roots, the target's host name.
 	TLS *UpstreamTLS `yaml:"tls"`
-	// ConnectTimeout bounds the TCP (and TLS) connect to a target.
+	// ConnectTimeout bounds the TCP connect to a target (a TLS handshake
+	// after it falls under response_timeout, or handshake_timeout for
+	// WebSocket).
 	// Default 5s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	// ResponseTimeout bounds the wait for the response head, and each
 	// later silence while reading the response body. Default 60s.
 	ResponseTimeout time.Duration `yaml:"response_timeout"`
-	// MaxConnections caps open connections per target. Default 512.
+	// MaxConnections caps the pooled HTTP connections per target; WebSocket
+	// sessions hold their own connection and are not counted. Default 512.
 	MaxConnections int `yaml:"max_connections"`
 }
 
@@ -197,7 +200,9 @@ type WebSocket struct {
 	// scheme://host[:port] such as "https://app.example.com" (compared
 	// without case); others get 403. Default empty: allow every origin.
 	Origins []string `yaml:"origins"`
-	// MaxMessageSize caps one message (close 1009 beyond it). Default 16MiB.
+	// MaxMessageSize caps one message as it travels on the wire, summed over
+	// its frames (compressed size under permessage-deflate); beyond it the
+	// sender gets close 1009 and the other side 1001. Default 16MiB.
 	MaxMessageSize Size `yaml:"max_message_size"`
 	// IdleTimeout closes a session after no frame in either direction for
 	// this long. Default 1h.

@@ -224,7 +224,7 @@ func chromiumDOM(t *testing.T, url string) string {
 	t.Helper()
 	const bin = "/usr/bin/chromium"
 	if _, err := os.Stat(bin); err != nil {
-		t.Skip("chromium not installed")
+		skipMissingPeer(t, "chromium not installed")
 	}
 	profile := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

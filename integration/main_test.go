@@ -372,3 +372,14 @@ func runWsgate(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	}
 	return out.String(), errb.String(), exitCode(err)
 }
+
+// skipMissingPeer skips a test whose outside client (chromium, curl,
+// Python websockets) is not installed, unless WSGATE_REQUIRE_PEERS is set
+// (.ci/run sets it): in CI a missing peer is a failure, not a skip.
+func skipMissingPeer(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("WSGATE_REQUIRE_PEERS") != "" {
+		t.Fatalf("%s (WSGATE_REQUIRE_PEERS is set)", why)
+	}
+	t.Skip(why)
+}

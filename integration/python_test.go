@@ -26,7 +26,7 @@ func needPythonWebsockets(t *testing.T) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, python, "-c", "import websockets; print(websockets.__version__)").CombinedOutput()
 	if err != nil {
-		t.Skipf("%s cannot import websockets (install python3-websockets): %v %s", python, err, out)
+		skipMissingPeer(t, fmt.Sprintf("%s cannot import websockets (install python3-websockets): %v %s", python, err, out))
 	}
 	t.Logf("python websockets %s", strings.TrimSpace(string(out)))
 }

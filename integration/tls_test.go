@@ -255,7 +255,7 @@ func needCurl(t *testing.T) string {
 	t.Helper()
 	p, err := exec.LookPath("curl")
 	if err != nil {
-		t.Skip("curl not installed")
+		skipMissingPeer(t, "curl not installed")
 	}
 	return p
 }

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -103,6 +105,11 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		h.logRequest(ctx, nil, status, "")
 		return
 	}
+	if isAbsoluteForm(ctx) {
+		// RFC 9112 §3.2.2: the target's authority replaces Host, for
+		// routing, the backend's Host and X-Forwarded-Host alike.
+		ctx.Request.Header.SetHostBytes(ctx.Host())
+	}
 	r := h.table.Match(ctx.Method(), ctx.Host(), ctx.Path())
 	if r == nil {
 		plainError(ctx, fasthttp.StatusNotFound, "no route")
@@ -145,8 +152,23 @@ func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		status, msg = fasthttp.StatusRequestEntityTooLarge, "request body too large"
 	}
+	if isTLSHandshakeError(err) {
+		// Nothing useful can be written on a connection whose TLS
+		// handshake failed; fasthttp closes it after this handler.
+		ctx.SetConnectionClose()
+		h.log.Debug("tls handshake failed", "client", ctx.RemoteAddr().String(), "error", err.Error())
+		return
+	}
 	plainError(ctx, status, msg)
 	h.log.Info("bad request", "status", status, "client", ctx.RemoteAddr().String(), "error", err.Error())
+}
+
+// isTLSHandshakeError reports whether err comes from a failed TLS
+// handshake (a plain-HTTP client on an HTTPS listener, a bad hello, …).
+func isTLSHandshakeError(err error) bool {
+	var rh tls.RecordHeaderError
+	var alert tls.AlertError
+	return errors.As(err, &rh) || errors.As(err, &alert) || strings.HasPrefix(err.Error(), "tls: ")
 }
 
 // plainError writes a short plain-text error response.

@@ -138,12 +138,6 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		return
 	}
 
-	if isAbsoluteForm(ctx) {
-		// RFC 9112 §3.2.2: the target's authority replaces Host. Routing
-		// used it already (ctx.Host); X-Forwarded-Host must agree.
-		ctx.Request.Header.SetHostBytes(ctx.Host())
-	}
-
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
 	ctx.Request.Header.CopyTo(&req.Header)
@@ -258,30 +252,83 @@ func isAbsoluteForm(ctx *fasthttp.RequestCtx) bool {
 	return len(uri) > 0 && uri[0] != '/' && uri[0] != '*'
 }
 
-// setUpstreamURI sets the request target sent upstream: the normalised
-// path that routing saw (so the backend acts on what was matched), minus
-// the route prefix with strip_prefix, plus the query.
+// setUpstreamURI sets the request target sent upstream: the client's raw
+// path, minus the route prefix with strip_prefix, plus the query; and the
+// Host (the client's, or the route's request_headers.set Host).
 func setUpstreamURI(req *fasthttp.Request, ctx *fasthttp.RequestCtx, r *routes.Route) {
 	u := req.URI()
-	path := ctx.Path()
+	// The path goes upstream as the client wrote it (percent-encoding
+	// kept, like nginx's proxy_pass without a URI); routing used the
+	// normalised form, so what a route allows is decided on what the
+	// backend will resolve.
+	path := ctx.URI().PathOriginal()
 	if r.StripPrefix && r.PathPrefix != "" {
-		prefix := strings.TrimSuffix(r.PathPrefix, "/")
-		if len(path) >= len(prefix) && string(path[:len(prefix)]) == prefix {
-			path = path[len(prefix):]
-		}
-		if len(path) == 0 || path[0] != '/' {
-			var buf [512]byte
-			path = append(append(buf[:0], '/'), path...)
+		var buf [512]byte
+		path = stripPrefix(buf[:0], path, ctx.Path(), strings.TrimSuffix(r.PathPrefix, "/"))
+	}
+	u.SetPathBytes(path) // sent verbatim: the HostClient has DisablePathNormalizing
+	u.SetQueryStringBytes(ctx.URI().QueryString())
+	host := ctx.Host()
+	for _, kv := range r.RequestHeaders.Set {
+		if strings.EqualFold(kv.Name, "Host") {
+			host = []byte(kv.Value) // request_headers.set: {Host: ...} wins
 		}
 	}
-	u.SetPathBytes(path)
-	u.SetQueryStringBytes(ctx.URI().QueryString())
-	u.SetHostBytes(ctx.Host())
+	u.SetHostBytes(host)
 	// Userinfo in an absolute-form target ("http://user:pw@host/") would
 	// become an Authorization header when fasthttp writes the request,
 	// after the route's header edits (RFC 9110 §4.2.4: treat as an error).
 	u.SetUsername("")
 	u.SetPassword("")
+}
+
+// stripPrefix appends to dst the request path without the route prefix.
+// It cuts the prefix from the raw path when the raw path starts with it on
+// a segment boundary; otherwise (the prefix was percent-encoded or reached
+// through dot segments) it cuts it from the normalised path and
+// re-escapes the rest. The result always starts with "/".
+func stripPrefix(dst, raw, normalized []byte, prefix string) []byte {
+	if hasSegmentPrefix(raw, prefix) {
+		rest := raw[len(prefix):]
+		if len(rest) == 0 || rest[0] != '/' {
+			dst = append(dst, '/')
+		}
+		return append(dst, rest...)
+	}
+	rest := normalized
+	if hasSegmentPrefix(normalized, prefix) {
+		rest = normalized[len(prefix):]
+	}
+	if len(rest) == 0 || rest[0] != '/' {
+		dst = append(dst, '/')
+	}
+	return appendEscapedPath(dst, rest)
+}
+
+// hasSegmentPrefix reports whether path starts with prefix followed by
+// "/" or the end ("/" itself prefixes everything).
+func hasSegmentPrefix(path []byte, prefix string) bool {
+	if prefix == "/" {
+		return len(path) > 0 && path[0] == '/'
+	}
+	return len(path) >= len(prefix) && string(path[:len(prefix)]) == prefix &&
+		(len(path) == len(prefix) || path[len(prefix)] == '/')
+}
+
+// appendEscapedPath appends a decoded path to dst, percent-encoding every
+// byte that may not appear raw in a path (RFC 3986 §3.3: pchar and "/").
+func appendEscapedPath(dst, p []byte) []byte {
+	const hex = "0123456789ABCDEF"
+	for _, c := range p {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			strings.IndexByte("-._~!$&'()*+,;=:@/", c) >= 0:
+			dst = append(dst, c)
+		default:
+			dst = append(dst, '%', hex[c>>4], hex[c&15])
+		}
+	}
+	return dst
 }
 
 // upstreamStatus maps an upstream error to the status the client gets:

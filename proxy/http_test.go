@@ -820,3 +820,39 @@ func BenchmarkHTTPProxy(b *testing.B) {
 		}
 	}
 }
+
+// TestUpstreamPath checks the request target a backend receives: the
+// client's raw path (percent-encoding kept), strip_prefix on the raw path
+// or, when the prefix was encoded, on the normalised one, and a Host
+// set by the route.
+func TestUpstreamPath(t *testing.T) {
+	seen := make(chan [2]string, 1)
+	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- [2]string{r.RequestURI, r.Host}
+	}))
+	plain := wsRoute(upstream(backend))
+	strip := wsRoute(upstream(backend))
+	strip.PathPrefix, strip.StripPrefix = "/api", true
+	host := wsRoute(upstream(backend))
+	host.PathPrefix = "/host"
+	host.RequestHeaders.Set = []routes.Header{{Name: "Host", Value: "internal.example"}}
+	p := startProxy(t, plain, strip, host)
+	for _, tc := range []struct{ target, wantURI, wantHost string }{
+		{"/a%20b%3Fc%23d?q=1", "/a%20b%3Fc%23d?q=1", "x"},
+		{"/a%2Fb", "/a%2Fb", "x"},
+		{"/api/v1/x%20y?z", "/v1/x%20y?z", "x"},
+		{"/api", "/", "x"},
+		{"/ap%69/v1", "/v1", "x"},
+		{"/apix", "/apix", "x"},
+		{"/host/p", "/host/p", "internal.example"},
+	} {
+		resp, _ := rawStatus(t, p.addr, "GET "+tc.target+" HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: status %d", tc.target, resp.StatusCode)
+		}
+		got := <-seen
+		if got[0] != tc.wantURI || got[1] != tc.wantHost {
+			t.Errorf("GET %s: backend saw %q Host %q, want %q Host %q", tc.target, got[0], got[1], tc.wantURI, tc.wantHost)
+		}
+	}
+}

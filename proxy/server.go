@@ -58,9 +58,12 @@ func NewServer(h *Handler, o ServerOptions) *fasthttp.Server {
 		StreamRequestBody:            true,
 		DisablePreParseMultipartForm: true,
 		KeepHijackedConns:            true,
-		CloseOnShutdown:              true,
-		NoDefaultContentType:         true,
-		Logger:                       fasthttpLogger{h.log},
+		// Parse errors name a sentinel instead of quoting the request head,
+		// which may carry credentials, into logs.
+		SecureErrorLogMessage: true,
+		CloseOnShutdown:       true,
+		NoDefaultContentType:  true,
+		Logger:                fasthttpLogger{h.log},
 	}
 }
 

@@ -67,11 +67,13 @@ type WebSocket struct {
 	// Origins is the allow-list of Origin values (scheme://host[:port],
 	// lower-case); empty allows every origin.
 	Origins []string
-	// MaxMessageSize caps one message in bytes (close 1009 beyond it);
-	// 0 means unlimited.
+	// MaxMessageSize caps one message in wire bytes, summed over its
+	// frames (close 1009 beyond it); 0 means unlimited (the config
+	// always sets a limit).
 	MaxMessageSize int64
 	// IdleTimeout closes a session (1001 to both sides) after no frame in
-	// either direction for this long; 0 disables it.
+	// either direction for this long; 0 disables it (the config always
+	// sets one).
 	IdleTimeout time.Duration
 	// HandshakeTimeout bounds dialling the backend and its 101 answer.
 	HandshakeTimeout time.Duration
@@ -92,7 +94,8 @@ type Upstream struct {
 	// later silence while reading the response body (like nginx's
 	// proxy_read_timeout).
 	ResponseTimeout time.Duration
-	// MaxConnections caps open connections per target.
+	// MaxConnections caps pooled HTTP connections per target; WebSocket
+	// sessions are not counted.
 	MaxConnections int
 }
 
