@@ -19,8 +19,11 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// wsgateBin is the binary TestMain built; empty under -short.
-var wsgateBin string
+// wsgateBin is the binary TestMain built; empty under -short. Under -race
+// it is race-instrumented, so a data race in wsgate fails the test that
+// caused it. wsgatePlainBin is built without -race, for measurements of
+// the process itself (the race runtime multiplies memory use).
+var wsgateBin, wsgatePlainBin string
 
 // moduleRoot is the repository root, the parent of this directory.
 const moduleRoot = ".."
@@ -52,6 +55,17 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "go %s: %v\n%s", strings.Join(args, " "), err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)
+	}
+	wsgatePlainBin = wsgateBin
+	if raceEnabled {
+		wsgatePlainBin = filepath.Join(dir, "wsgate-plain")
+		build := exec.Command("go", "build", "-o", wsgatePlainBin, "./cmd/wsgate")
+		build.Dir = moduleRoot
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "go build (plain): %v\n%s", err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -168,7 +182,12 @@ func startGateway(t *testing.T, yamlText string) *gw {
 // logs are printed when the test fails.
 func startGatewayFile(t *testing.T, path string, env []string) *gw {
 	t.Helper()
-	bin := needBinary(t)
+	return startGatewayBin(t, needBinary(t), path, env)
+}
+
+// startGatewayBin is startGatewayFile with a chosen binary.
+func startGatewayBin(t *testing.T, bin, path string, env []string) *gw {
+	t.Helper()
 	want, err := countListeners(path)
 	if err != nil {
 		t.Fatalf("count listeners in %s: %v", path, err)
