@@ -246,7 +246,7 @@ func TestSessionCutBeforeStart(t *testing.T) {
 	ran := make(chan struct{})
 	go func() {
 		defer close(ran)
-		s.run(clientConn)
+		s.run(clientConn, nil)
 	}()
 	select {
 	case <-ran:

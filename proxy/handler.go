@@ -327,6 +327,9 @@ func (h *Handler) removeSession(s *session) {
 }
 
 func (h *Handler) signalLocked() {
+	if h.changed == nil {
+		return // a Handler built without New (tests)
+	}
 	close(h.changed)
 	h.changed = make(chan struct{})
 }

@@ -2,16 +2,20 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/wsgate/wsgate/routes"
@@ -31,7 +35,17 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return
 type leg struct {
 	name string // "client" or "backend", for logs
 	conn net.Conn
-	br   *bufio.Reader // read only by the pump whose source is this leg
+	// br, raw and early are used only by the pump whose source is this leg.
+	// br is nil while the leg is idle (see release); raw, set for plain
+	// TCP, lets the pump wait for data without a buffer; early holds bytes
+	// fasthttp read before the hijack, consumed before conn.
+	br    *bufio.Reader
+	raw   syscall.RawConn
+	early *bytes.Reader
+	st    pumpState // the message in progress on this leg
+	// park: the pump found the leg idle for parkAfter and should park it.
+	park   bool
+	parkID uint64 // guarded by the poller's mutex
 	// masked: frames written to this leg are masked (wsgate is the client
 	// of the backend); frames read from the other leg then arrive masked.
 	masked bool
@@ -79,12 +93,12 @@ type session struct {
 
 // run relays frames both ways until both sides are done, then closes both
 // connections. It returns only after both pumps have returned. One pump
-// runs on the caller's goroutine (the hijack handler), so a session costs
-// two goroutines.
-func (s *session) run(client net.Conn) {
+// runs on the caller's goroutine, so a session costs two goroutines.
+// early holds client bytes read before the connection was handed over.
+func (s *session) run(client net.Conn, early []byte) {
 	s.lastActive.Store(time.Now().UnixNano())
 	s.endMu.Lock()
-	s.client = &leg{name: "client", conn: client, br: bufio.NewReaderSize(client, 4096)}
+	s.client = newLeg("client", client, nil, early, false)
 	s.started = true
 	s.pumpsRun = 2
 	away, ended := s.goingAway, s.ended
@@ -94,37 +108,63 @@ func (s *session) run(client net.Conn) {
 		// connection; closeConns could not close it then.
 		_ = client.Close()
 		s.log()
+		s.h.removeSession(s)
 		return
 	}
 	if away {
 		s.goAway()
 	}
-	done := make(chan struct{})
-	go func() {
-		s.pump(s.backend, s.client)
-		s.pumpReturned()
-		close(done)
+	go s.pumpLoop(s.backend, s.client)
+	s.pumpLoop(s.client, s.backend)
+}
+
+// pumpLoop runs one direction's pump until it ends or parks. A parked
+// pump continues in a new goroutine when its source has data (see park);
+// the last pump to end finishes the session.
+func (s *session) pumpLoop(src, dst *leg) {
+	defer func() {
+		// A bug must cost this session, not the process: there is no
+		// fasthttp recover on these goroutines.
+		if v := recover(); v != nil {
+			s.h.log.Error("panic in websocket relay", "route", s.route.Name, "side", src.name,
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			s.closeConns()
+			s.pumpReturned()
+		}
 	}()
-	s.pump(s.client, s.backend)
-	s.pumpReturned()
-	<-done
-	s.endMu.Lock()
-	if s.force != nil {
-		s.force.Stop()
+	for {
+		if !s.relayFrame(src, dst, &src.st) {
+			s.pumpReturned()
+			return
+		}
+		if src.park {
+			src.park = false
+			if s.park(src, dst) {
+				return
+			}
+		}
 	}
-	s.endMu.Unlock()
-	s.closeConns()
-	s.log()
 }
 
 // pumpReturned starts the close-handshake budget for the other pump when
 // the first one ends: it gets closeWait, then both connections are cut.
 func (s *session) pumpReturned() {
 	s.endMu.Lock()
-	defer s.endMu.Unlock()
 	s.pumpsRun--
-	if s.pumpsRun == 1 {
+	switch s.pumpsRun {
+	case 1:
 		s.force = time.AfterFunc(closeWait, s.closeConns)
+		s.endMu.Unlock()
+	case 0:
+		if s.force != nil {
+			s.force.Stop()
+		}
+		s.endMu.Unlock()
+		s.closeConns()
+		s.log()
+		s.h.removeSession(s)
+	default:
+		s.endMu.Unlock()
 	}
 }
 
@@ -143,6 +183,7 @@ func (s *session) closeConns() {
 		_ = client.conn.Close()
 	}
 	_ = s.backend.conn.Close()
+	s.unpark() // parked pumps resume, fail on the closed conns and end
 }
 
 // closeBoth sends close frames to both legs (each only once) and bounds
@@ -193,29 +234,23 @@ type pumpState struct {
 	msgSize    int64 // payload bytes of the current message so far
 }
 
-// pump reads frames from src and forwards them to dst until src sends a
-// close frame, its connection ends, or it breaks the protocol. Only pump
-// reads src; writes to dst go under dst.mu, whole frames at a time, so
-// close frames injected by other goroutines land between frames.
-func (s *session) pump(src, dst *leg) {
-	st := pumpState{fromClient: src == s.client}
-	for s.relayFrame(src, dst, &st) {
-	}
-}
-
 // relayFrame reads one frame from src and deals with it: data frames are
 // forwarded, pings and pongs relayed, a close ends the direction. It
 // reports whether the pump goes on.
 func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 	s.setReadDeadline(src)
-	h, err := readHeader(src.br)
+	err := src.waitReadable()
+	var h frameHeader
+	if err == nil {
+		h, err = readHeader(src.reader())
+	}
 	if err != nil {
 		var pe *protocolError
 		switch {
 		case errors.As(err, &pe):
 			s.failProtocol(src, dst, pe)
 			return false
-		case isTimeout(err) && s.onTimeout():
+		case isTimeout(err) && s.onTimeout(src):
 			return true
 		}
 		s.sourceGone(src, dst)
@@ -225,10 +260,19 @@ func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 		s.failProtocol(src, dst, pe)
 		return false
 	}
+	if int64(src.br.Buffered()) < int64(h.size)+h.length {
+		// The rest of the frame is still on its way: it gets the idle
+		// timeout, not the shorter parking deadline.
+		s.extendReadDeadline(src)
+	}
 	s.lastActive.Store(time.Now().UnixNano())
 
 	if h.isControl() {
-		return s.relayControl(src, dst, &h)
+		if !s.relayControl(src, dst, &h) {
+			return false
+		}
+		src.release()
+		return true
 	}
 	if h.opcode != opContinuation {
 		st.msgSize = 0
@@ -251,6 +295,7 @@ func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 		s.sourceGone(src, dst)
 		return false
 	}
+	src.release()
 	return true
 }
 
@@ -295,21 +340,36 @@ func addLength(total, n int64) int64 {
 
 // onTimeout handles a read deadline on a pump's source and reports
 // whether the pump keeps reading.
-func (s *session) onTimeout() bool {
+func (s *session) onTimeout(src *leg) bool {
 	now := time.Now().UnixNano()
 	if by := s.closeBy.Load(); by != 0 {
 		// Closing: the peer has until closeBy to answer. An idle deadline
 		// set just before the closing started may fire earlier.
 		return now < by
 	}
-	if s.idle <= 0 {
-		return false
+	if s.idle > 0 && time.Duration(now-s.lastActive.Load()) >= s.idle {
+		s.closeBoth(closeGoingAway, "idle timeout", closeGoingAway, "idle timeout")
+		return true // read the close replies until closeBy
 	}
-	if time.Duration(now-s.lastActive.Load()) < s.idle {
-		return true // the other direction is busy: not idle
+	// Not idle (the other direction may be busy), or only the parking
+	// deadline passed: park the leg if it holds no partial frame.
+	if s.canPark(src) {
+		src.park = true
 	}
-	s.closeBoth(closeGoingAway, "idle timeout", closeGoingAway, "idle timeout")
-	return true // read the close replies until closeBy
+	return true
+}
+
+// canPark reports whether src may wait in the shared poller: parking is
+// available, src is plain TCP and holds no buffered bytes, the session is
+// not closing and its idle deadline (if any) is far enough away.
+func (s *session) canPark(src *leg) bool {
+	return parking && src.raw != nil && src.br == nil && s.closeBy.Load() == 0 &&
+		(s.idle <= 0 || s.idleLeft(time.Now()) > parkMargin)
+}
+
+// idleLeft is the time until the idle timeout closes the session.
+func (s *session) idleLeft(now time.Time) time.Duration {
+	return time.Unix(0, s.lastActive.Load()).Add(s.idle).Sub(now)
 }
 
 // check validates a frame header against RFC 6455 §5 and the message
@@ -459,7 +519,7 @@ func (s *session) failProtocol(src, dst *leg, pe *protocolError) {
 	// does not reset the connection under the close frame.
 	_ = src.conn.SetReadDeadline(time.Unix(0, s.closeBy.Load()))
 	bp := chunkPool.Get().(*[]byte)
-	_, _ = io.CopyBuffer(io.Discard, readerOnly{src.br}, *bp)
+	_, _ = io.CopyBuffer(io.Discard, readerOnly{src.reader()}, *bp)
 	chunkPool.Put(bp)
 }
 
@@ -486,10 +546,18 @@ func (s *session) setReadDeadline(src *leg) {
 		_ = src.conn.SetReadDeadline(time.Unix(0, by))
 		return
 	}
-	if s.idle <= 0 {
+	var dl time.Time
+	if s.idle > 0 {
+		dl = time.Unix(0, s.lastActive.Load()).Add(s.idle)
+	}
+	if s.canPark(src) {
+		if p := time.Now().Add(parkAfter); dl.IsZero() || p.Before(dl) {
+			dl = p
+		}
+	} else if dl.IsZero() {
 		return
 	}
-	_ = src.conn.SetReadDeadline(time.Unix(0, s.lastActive.Load()).Add(s.idle))
+	_ = src.conn.SetReadDeadline(dl)
 	// startClosing may have set closeBy on this conn between the check
 	// above and the call: re-apply it, or this read could wait for the
 	// whole idle timeout instead of closeWait.
@@ -501,9 +569,18 @@ func (s *session) setReadDeadline(src *leg) {
 // extendReadDeadline keeps a long frame from tripping the idle timeout
 // while its payload still flows.
 func (s *session) extendReadDeadline(src *leg) {
-	if s.idle > 0 && s.closeBy.Load() == 0 {
+	if s.closeBy.Load() != 0 {
+		return
+	}
+	if s.idle > 0 {
 		s.lastActive.Store(time.Now().UnixNano())
-		s.setReadDeadline(src)
+		_ = src.conn.SetReadDeadline(time.Now().Add(s.idle))
+	} else if parking {
+		_ = src.conn.SetReadDeadline(time.Time{}) // lift the parking deadline
+	}
+	// startClosing may have set closeBy in between: re-apply it.
+	if by := s.closeBy.Load(); by != 0 {
+		_ = src.conn.SetReadDeadline(time.Unix(0, by))
 	}
 }
 
@@ -565,6 +642,7 @@ func (l *leg) writeControl(opcode byte, p []byte, timeout time.Duration) error {
 func (l *leg) breakLocked() {
 	l.closeSent = true
 	_ = l.conn.Close()
+	unparkLeg(l) // a parked pump on l would never hear of the close
 }
 
 func newMaskKey() [4]byte {

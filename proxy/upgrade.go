@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -136,6 +137,9 @@ type backendHandshake struct {
 	resp   *http.Response
 }
 
+// writerPool holds the buffers backend handshakes are written through.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 2048) }}
+
 // errBadHandshake marks a 101 that is not a valid WebSocket acceptance.
 var errBadHandshake = errors.New("invalid websocket handshake response")
 
@@ -191,17 +195,25 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r 
 	}
 	req.SetBodyRaw(nil)
 
-	bw := bufio.NewWriterSize(conn, 2048)
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(conn)
 	if err = req.Write(bw); err == nil {
 		err = bw.Flush()
 	}
+	bw.Reset(nil)
+	writerPool.Put(bw)
 	if err != nil {
 		conn.Close()
 		return bh, fmt.Errorf("write handshake to %q: %w", t.Addr, err)
 	}
-	br := bufio.NewReaderSize(conn, 4096)
+	// The handshake reader becomes the backend leg's read buffer: bytes the
+	// backend sends right after its 101 stay in it and are relayed first.
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
+		br.Reset(nil)
+		readerPool.Put(br)
 		conn.Close()
 		return bh, fmt.Errorf("read handshake from %q: %w", t.Addr, err)
 	}
@@ -385,7 +397,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 		maxMessage: r.WebSocket.MaxMessageSize,
 		idle:       r.WebSocket.IdleTimeout,
 		write:      h.write,
-		backend:    &leg{name: "backend", conn: bh.conn, br: bh.br, masked: true},
+		backend:    newLeg("backend", bh.conn, bh.br, nil, true),
 	}
 	// fasthttp runs the hijack handler after writing the 101; it may skip
 	// it (the write failed, the connection is closing). Then nobody owns
@@ -406,8 +418,12 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 			return
 		}
 		close(claimed)
-		s.run(c)
-		h.removeSession(s)
+		// Take the socket from fasthttp and return at once: fasthttp then
+		// frees its request context and read buffer (KeepHijackedConns
+		// leaves the connection open), so an idle session holds only what
+		// the relay needs.
+		conn, early := unwrapHijacked(c)
+		go s.run(conn, early) // the session removes itself when it ends
 	})
 	h.log.Info("websocket opened", "route", r.Name, "client", s.remote, "backend", s.target,
 		"subprotocol", bh.resp.Header.Get("Sec-WebSocket-Protocol"), "extensions", ext)
