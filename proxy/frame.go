@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -60,9 +59,14 @@ func protoErr(format string, args ...any) *protocolError {
 	return &protocolError{code: closeProtocolError, reason: fmt.Sprintf(format, args...)}
 }
 
+// peeker is the part of a buffered reader readHeader needs.
+type peeker interface {
+	Peek(n int) ([]byte, error)
+}
+
 // readHeader parses the next frame header from br without consuming it:
 // the caller discards h.size bytes (or the whole frame) itself.
-func readHeader(br *bufio.Reader) (frameHeader, error) {
+func readHeader(br peeker) (frameHeader, error) {
 	var h frameHeader
 	b, err := br.Peek(2)
 	if err != nil {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"net"
 	"sync"
@@ -14,86 +13,189 @@ import (
 // included) is forwarded with one write straight from the buffer.
 const readBufferSize = 4096
 
-// readerPool holds the read buffers of idle legs. A leg whose socket can
-// be polled without reading (plain TCP) gives its buffer back whenever it
-// has no buffered bytes, so an idle session holds no read buffer at all.
-var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+// bufPool holds the read buffers of idle legs.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
 
-// reader returns the leg's read buffer, taking one from the pool if the
-// leg is idle.
-func (l *leg) reader() *bufio.Reader {
-	if l.br == nil {
-		l.br = readerPool.Get().(*bufio.Reader)
-		l.br.Reset(l.conn)
-	}
-	return l.br
+// frameReader is a leg's read buffer with the bufio operations the relay
+// needs (Peek, Discard, Read). On a plain TCP leg it reads with one
+// non-blocking read(2) through RawConn.Read and, whenever a read would
+// block with nothing buffered, gives its buffer back to the pool before
+// waiting: an idle leg holds no buffer, and a busy one pays no extra
+// system call for it. Other legs (TLS) keep their buffer.
+type frameReader struct {
+	conn  net.Conn
+	raw   syscall.RawConn // nil: read conn and keep the buffer
+	early []byte          // bytes that come before conn's
+	bp    *[]byte         // nil while idle
+	r, w  int             // buffered bytes are (*bp)[r:w]
+
+	// State of one RawConn.Read call, shared with its callback.
+	onReadable func(fd uintptr) bool // b.readable, bound once
+	rp         []byte
+	rpooled    bool
+	rn         int
+	rerr       error
 }
 
-// release gives the read buffer back to the pool when it holds no bytes
-// and the leg can wait for data without one.
-func (l *leg) release() {
-	if l.raw == nil || l.br == nil || l.br.Buffered() > 0 {
-		return
+func newFrameReader(conn net.Conn, raw syscall.RawConn, early []byte) *frameReader {
+	b := &frameReader{conn: conn, raw: raw, early: early}
+	b.onReadable = b.readable
+	return b
+}
+
+// idle reports whether the reader holds no buffer (and so no bytes).
+func (b *frameReader) idle() bool { return b.bp == nil && len(b.early) == 0 }
+
+// Buffered returns the number of bytes that can be read without waiting.
+func (b *frameReader) Buffered() int { return b.w - b.r }
+
+// Size returns the buffer size.
+func (b *frameReader) Size() int { return readBufferSize }
+
+func (b *frameReader) acquire() {
+	if b.bp == nil {
+		b.bp = bufPool.Get().(*[]byte)
+		b.r, b.w = 0, 0
 	}
-	if l.early != nil {
-		if l.early.Len() > 0 {
-			return // bytes from before the hijack are still to come
+}
+
+func (b *frameReader) releaseIfEmpty() {
+	if b.raw != nil && b.bp != nil && b.r == b.w {
+		bufPool.Put(b.bp)
+		b.bp = nil
+	}
+}
+
+// fill reads more bytes into the buffer, waiting for them if needed.
+func (b *frameReader) fill() error {
+	b.acquire()
+	buf := *b.bp
+	if b.r > 0 {
+		b.w = copy(buf, buf[b.r:b.w])
+		b.r = 0
+	}
+	n, err := b.readInto(buf[b.w:], true)
+	b.w += n
+	return err
+}
+
+// readInto reads into p: early bytes first, then the connection. With
+// pooled set, the buffer may be released while waiting and reacquired
+// when data arrives (p is then re-sliced from the new buffer).
+func (b *frameReader) readInto(p []byte, pooled bool) (int, error) {
+	if len(b.early) > 0 {
+		n := copy(p, b.early)
+		b.early = b.early[n:]
+		return n, nil
+	}
+	if b.raw == nil {
+		return b.conn.Read(p)
+	}
+	b.rp, b.rpooled = p, pooled
+	err := b.raw.Read(b.onReadable)
+	n, rerr := b.rn, b.rerr
+	b.rp, b.rn, b.rerr = nil, 0, nil
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, rerr
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// readable is RawConn.Read's callback: one non-blocking read(2) into rp.
+// It is a method value made once per reader (see newFrameReader), so a
+// read allocates nothing.
+func (b *frameReader) readable(fd uintptr) bool {
+	if b.rpooled && b.bp == nil {
+		b.acquire()
+		b.rp = (*b.bp)[b.w:]
+	}
+	b.rn, b.rerr = syscall.Read(int(fd), b.rp)
+	switch b.rerr {
+	case syscall.EAGAIN:
+		if b.rpooled && b.r == b.w {
+			b.releaseIfEmpty() // wait without a buffer
 		}
-		l.early = nil // the buffer reads the connection directly from now on
+		return false
+	case syscall.EINTR:
+		return false
 	}
-	l.br.Reset(nil)
-	readerPool.Put(l.br)
-	l.br = nil
+	if b.rn < 0 {
+		b.rn = 0
+	}
+	return true
 }
 
-// waitReadable blocks until the leg has data (or EOF, an error, or a
-// deadline) without holding a buffer: the runtime's poller wakes it, and a
-// one-byte MSG_PEEK tells readiness apart from a spurious wake-up.
-// It is a no-op for a leg that holds a buffer or cannot be polled (TLS).
-func (l *leg) waitReadable() error {
-	if l.br != nil || l.raw == nil {
-		return nil
+// Peek returns the next n bytes without consuming them, waiting until
+// they are buffered; n must not exceed Size.
+func (b *frameReader) Peek(n int) ([]byte, error) {
+	if n > readBufferSize {
+		return nil, bufio.ErrBufferFull
 	}
-	var b [1]byte
-	var opErr error
-	err := l.raw.Read(func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		switch err {
-		case syscall.EAGAIN:
-			return false // not yet: park in the poller
-		case syscall.EINTR:
-			return false
-		case nil:
-		default:
-			opErr = err
+	for b.w-b.r < n {
+		if err := b.fill(); err != nil {
+			if b.bp != nil && b.w-b.r >= n {
+				break
+			}
+			return nil, err
 		}
-		return true
-	})
-	if err != nil {
-		return err
 	}
-	return opErr // a socket error surfaces on the next real read as well
+	return (*b.bp)[b.r : b.r+n], nil
 }
 
-// newLeg returns a leg reading conn. br, if not nil, is a buffer that
-// already holds bytes read from conn (the handshake reader); early holds
-// bytes read before the hijack that come before anything on conn.
-func newLeg(name string, conn net.Conn, br *bufio.Reader, early []byte, masked bool) *leg {
+// Discard skips the next n bytes, reading and dropping them as needed.
+func (b *frameReader) Discard(n int) (int, error) {
+	done := 0
+	for done < n {
+		if b.w == b.r {
+			if err := b.fill(); err != nil {
+				return done, err
+			}
+			continue
+		}
+		k := min(n-done, b.w-b.r)
+		b.r += k
+		done += k
+	}
+	return done, nil
+}
+
+// Read reads buffered bytes, or straight from the connection into p when
+// nothing is buffered.
+func (b *frameReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if b.w > b.r {
+		n := copy(p, (*b.bp)[b.r:b.w])
+		b.r += n
+		return n, nil
+	}
+	b.releaseIfEmpty()
+	return b.readInto(p, false)
+}
+
+// release gives the buffer back when the reader holds no bytes; on a
+// plain TCP leg the next read takes one from the pool again.
+func (b *frameReader) release() { b.releaseIfEmpty() }
+
+// newLeg returns a leg reading conn. early holds bytes already read from
+// it (fasthttp's buffer, or the handshake reader's) that come first.
+func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
 	l := &leg{name: name, conn: conn, masked: masked}
 	l.st.fromClient = name == "client"
+	var raw syscall.RawConn
 	if tc, ok := conn.(*net.TCPConn); ok {
 		if rc, err := tc.SyscallConn(); err == nil {
-			l.raw = rc
+			raw = rc
 		}
 	}
-	switch {
-	case len(early) > 0:
-		l.early = bytes.NewReader(early)
-		l.br = bufio.NewReaderSize(io.MultiReader(l.early, conn), readBufferSize)
-	case br != nil:
-		l.br = br
-	}
-	l.release()
+	l.raw = raw
+	l.br = newFrameReader(conn, raw, early)
 	return l
 }
 

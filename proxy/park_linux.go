@@ -61,7 +61,7 @@ func getPoller() *poller {
 // goroutine when src is readable, closed, or due for a deadline.
 func (s *session) park(src, dst *leg) bool {
 	p := getPoller()
-	if p == nil || src.raw == nil || src.br != nil {
+	if p == nil || src.raw == nil || !src.br.idle() {
 		return false
 	}
 	p.mu.Lock()

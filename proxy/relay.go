@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -35,14 +33,12 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return
 type leg struct {
 	name string // "client" or "backend", for logs
 	conn net.Conn
-	// br, raw and early are used only by the pump whose source is this leg.
-	// br is nil while the leg is idle (see release); raw, set for plain
-	// TCP, lets the pump wait for data without a buffer; early holds bytes
-	// fasthttp read before the hijack, consumed before conn.
-	br    *bufio.Reader
-	raw   syscall.RawConn
-	early *bytes.Reader
-	st    pumpState // the message in progress on this leg
+	// br and raw are used only by the pump whose source is this leg. br
+	// holds no buffer while the leg waits for data (see frameReader); raw,
+	// set for plain TCP, lets an idle leg park in the poller.
+	br  *frameReader
+	raw syscall.RawConn
+	st  pumpState // the message in progress on this leg
 	// park: the pump found the leg idle for parkAfter and should park it.
 	park   bool
 	parkID uint64 // guarded by the poller's mutex
@@ -98,7 +94,7 @@ type session struct {
 func (s *session) run(client net.Conn, early []byte) {
 	s.lastActive.Store(time.Now().UnixNano())
 	s.endMu.Lock()
-	s.client = newLeg("client", client, nil, early, false)
+	s.client = newLeg("client", client, early, false)
 	s.started = true
 	s.pumpsRun = 2
 	away, ended := s.goingAway, s.ended
@@ -239,11 +235,7 @@ type pumpState struct {
 // reports whether the pump goes on.
 func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 	s.setReadDeadline(src)
-	err := src.waitReadable()
-	var h frameHeader
-	if err == nil {
-		h, err = readHeader(src.reader())
-	}
+	h, err := readHeader(src.br)
 	if err != nil {
 		var pe *protocolError
 		switch {
@@ -271,7 +263,7 @@ func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 		if !s.relayControl(src, dst, &h) {
 			return false
 		}
-		src.release()
+		src.br.release()
 		return true
 	}
 	if h.opcode != opContinuation {
@@ -295,7 +287,7 @@ func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 		s.sourceGone(src, dst)
 		return false
 	}
-	src.release()
+	src.br.release()
 	return true
 }
 
@@ -363,7 +355,7 @@ func (s *session) onTimeout(src *leg) bool {
 // available, src is plain TCP and holds no buffered bytes, the session is
 // not closing and its idle deadline (if any) is far enough away.
 func (s *session) canPark(src *leg) bool {
-	return parking && src.raw != nil && src.br == nil && s.closeBy.Load() == 0 &&
+	return parking && src.raw != nil && src.br.idle() && s.closeBy.Load() == 0 &&
 		(s.idle <= 0 || s.idleLeft(time.Now()) > parkMargin)
 }
 
@@ -493,7 +485,7 @@ func (s *session) forward(src, dst *leg, h *frameHeader) bool {
 }
 
 // discard reads and drops n bytes from br.
-func discard(br *bufio.Reader, n int64) error {
+func discard(br *frameReader, n int64) error {
 	for n > 0 {
 		m, err := br.Discard(int(min(n, 1<<30)))
 		n -= int64(m)
@@ -519,7 +511,7 @@ func (s *session) failProtocol(src, dst *leg, pe *protocolError) {
 	// does not reset the connection under the close frame.
 	_ = src.conn.SetReadDeadline(time.Unix(0, s.closeBy.Load()))
 	bp := chunkPool.Get().(*[]byte)
-	_, _ = io.CopyBuffer(io.Discard, readerOnly{src.reader()}, *bp)
+	_, _ = io.CopyBuffer(io.Discard, readerOnly{src.br}, *bp)
 	chunkPool.Put(bp)
 }
 

@@ -1064,13 +1064,15 @@ func testSession(t testing.TB) (s *session, clientPeer, backendPeer net.Conn) {
 	clientPeer, clientConn := tcpPair(t)
 	backendConn, backendPeer := tcpPair(t)
 	s = &session{
-		h:       &Handler{log: slog.New(slog.DiscardHandler)},
-		route:   &routes.Route{Name: "test"},
-		start:   time.Now(),
-		idle:    time.Hour,
-		write:   time.Minute,
-		client:  &leg{name: "client", conn: clientConn, br: bufio.NewReaderSize(clientConn, 4096)},
-		backend: &leg{name: "backend", conn: backendConn, br: bufio.NewReaderSize(backendConn, 4096), masked: true},
+		h:     &Handler{log: slog.New(slog.DiscardHandler)},
+		route: &routes.Route{Name: "test"},
+		start: time.Now(),
+		idle:  time.Hour,
+		write: time.Minute,
+		// Readers without a RawConn keep their buffer: the allocation test
+		// must not depend on sync.Pool, which drops items under -race.
+		client:  &leg{name: "client", conn: clientConn, br: newFrameReader(clientConn, nil, nil)},
+		backend: &leg{name: "backend", conn: backendConn, br: newFrameReader(backendConn, nil, nil), masked: true},
 	}
 	s.lastActive.Store(time.Now().UnixNano())
 	return s, clientPeer, backendPeer
@@ -1081,7 +1083,24 @@ func testSession(t testing.TB) (s *session, clientPeer, backendPeer net.Conn) {
 // included). One relayFrame call is one pump iteration: header read and
 // checks, deadline, forward.
 func TestRelayFrameAllocs(t *testing.T) {
-	s, clientPeer, backendPeer := testSession(t)
+	t.Run("kept buffers", func(t *testing.T) {
+		s, clientPeer, backendPeer := testSession(t)
+		checkRelayFrameAllocs(t, s, clientPeer, backendPeer)
+	})
+	// The production legs: plain TCP, buffers borrowed from the pool and
+	// returned whenever a read would block.
+	t.Run("pooled buffers", func(t *testing.T) {
+		if raceEnabled {
+			t.Skip("sync.Pool drops items at random under -race")
+		}
+		s, clientPeer, backendPeer := testSession(t)
+		s.client = newLeg("client", s.client.conn, nil, false)
+		s.backend = newLeg("backend", s.backend.conn, nil, true)
+		checkRelayFrameAllocs(t, s, clientPeer, backendPeer)
+	})
+}
+
+func checkRelayFrameAllocs(t *testing.T, s *session, clientPeer, backendPeer net.Conn) {
 	key := [4]byte{1, 2, 3, 4}
 	for _, dir := range []struct {
 		name     string

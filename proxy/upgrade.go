@@ -137,8 +137,12 @@ type backendHandshake struct {
 	resp   *http.Response
 }
 
-// writerPool holds the buffers backend handshakes are written through.
-var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 2048) }}
+// writerPool and handshakeReaders hold the buffers backend handshakes are
+// written and read through.
+var (
+	writerPool       = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 2048) }}
+	handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+)
 
 // errBadHandshake marks a 101 that is not a valid WebSocket acceptance.
 var errBadHandshake = errors.New("invalid websocket handshake response")
@@ -208,12 +212,12 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r 
 	}
 	// The handshake reader becomes the backend leg's read buffer: bytes the
 	// backend sends right after its 101 stay in it and are relayed first.
-	br := readerPool.Get().(*bufio.Reader)
+	br := handshakeReaders.Get().(*bufio.Reader)
 	br.Reset(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		br.Reset(nil)
-		readerPool.Put(br)
+		handshakeReaders.Put(br)
 		conn.Close()
 		return bh, fmt.Errorf("read handshake from %q: %w", t.Addr, err)
 	}
@@ -226,6 +230,19 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r 
 		return bh, fmt.Errorf("backend %q: %w", t.Addr, err)
 	}
 	return bh, nil
+}
+
+// takeBuffered returns a copy of what br holds beyond the handshake (a
+// backend may speak first, in the packet of its 101) and recycles br.
+func takeBuffered(br *bufio.Reader) []byte {
+	var early []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		early = append(early, b...)
+	}
+	br.Reset(nil)
+	handshakeReaders.Put(br)
+	return early
 }
 
 // dialTarget opens a TCP (and for https targets a TLS) connection.
@@ -397,7 +414,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 		maxMessage: r.WebSocket.MaxMessageSize,
 		idle:       r.WebSocket.IdleTimeout,
 		write:      h.write,
-		backend:    newLeg("backend", bh.conn, bh.br, nil, true),
+		backend:    newLeg("backend", bh.conn, takeBuffered(bh.br), true),
 	}
 	// fasthttp runs the hijack handler after writing the 101; it may skip
 	// it (the write failed, the connection is closing). Then nobody owns

@@ -1,0 +1,7 @@
+//go:build race
+
+package proxy
+
+// raceEnabled: the race detector makes sync.Pool drop items at random, so
+// allocation counts that rely on pooling are checked only without it.
+const raceEnabled = true
