@@ -97,6 +97,11 @@ func retryIfErr(req *fasthttp.Request, attempts int, err error) (resetTimeout, r
 type idleConn struct {
 	net.Conn
 	timeout time.Duration
+	// The deadlines last set, moved forward only once they are more than
+	// timeout/16 behind: a busy connection then pays for a timer update
+	// every few seconds instead of on every read and write, and each
+	// silence is still bounded by at least 15/16 of the timeout.
+	readBy, writeBy time.Time
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
@@ -222,6 +227,21 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
 
 	stream := resp.BodyStream()
+	if size := resp.Header.ContentLength(); stream != nil && !ctx.IsHead() && size >= 0 && size <= smallBody {
+		// A small body of known size is read now: the upstream
+		// connection goes back to the pool at once and fasthttp writes
+		// head and body together. A backend that breaks off inside it
+		// gets an honest 502 instead of a truncated response.
+		err := resp.BodyWriteTo(ctx.Response.BodyWriter())
+		fasthttp.ReleaseResponse(resp)
+		if err != nil {
+			h.fail(ctx, r, t.Addr, fasthttp.StatusBadGateway, "bad gateway", err)
+			ctx.SetConnectionClose()
+			return
+		}
+		h.logRequest(ctx, r, ctx.Response.StatusCode(), t.Addr)
+		return
+	}
 	if stream == nil || ctx.IsHead() {
 		if !ctx.IsHead() {
 			ctx.Response.SetBody(resp.Body())
@@ -244,6 +264,10 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	// rb.Close, which releases the upstream connection.
 	ctx.Response.SetBodyStream(rb, size)
 }
+
+// smallBody is the largest response body of known length that is read
+// whole before answering; longer and chunked bodies stream.
+const smallBody = 64 << 10
 
 // isAbsoluteForm reports whether the request target is in absolute form
 // ("GET http://host/path"), not origin form ("/path") or "*".
