@@ -51,6 +51,11 @@ type leg struct {
 	// or the leg is dead; nothing more may be written to conn.
 	closeSent bool
 	wbuf      []byte // scratch for headers and control frames
+	writeBy   int64  // unix nanoseconds: the write deadline last set
+
+	// readBy (unix nanoseconds) is the read deadline last set by the pump
+	// reading this leg; used only by that pump.
+	readBy int64
 
 	// Set by the pump reading this leg, read after both pumps end.
 	closeCode   uint16 // close code this leg sent, 0 if none
@@ -423,7 +428,7 @@ func (s *session) forward(src, dst *leg, h *frameHeader) bool {
 		}
 	}
 	if s.write > 0 {
-		_ = dst.conn.SetWriteDeadline(time.Now().Add(s.write))
+		dst.writeWithinLocked(s.write)
 	}
 	if h.length <= int64(src.br.Size()-h.size) {
 		// Small frame: forward it from the read buffer in one write.
@@ -477,7 +482,7 @@ func (s *session) forward(src, dst *leg, h *frameHeader) bool {
 		if _, werr = dst.conn.Write(buf[:m]); werr != nil {
 			dst.breakLocked()
 		} else if s.write > 0 {
-			_ = dst.conn.SetWriteDeadline(time.Now().Add(s.write))
+			dst.writeWithinLocked(s.write)
 		}
 		s.extendReadDeadline(src)
 	}
@@ -535,20 +540,29 @@ func (s *session) sourceGone(src, dst *leg) {
 // way.
 func (s *session) setReadDeadline(src *leg) {
 	if by := s.closeBy.Load(); by != 0 {
+		src.readBy = by
 		_ = src.conn.SetReadDeadline(time.Unix(0, by))
 		return
 	}
 	var dl time.Time
+	slack := s.idle / 16
 	if s.idle > 0 {
 		dl = time.Unix(0, s.lastActive.Load()).Add(s.idle)
 	}
 	if s.canPark(src) {
 		if p := time.Now().Add(parkAfter); dl.IsZero() || p.Before(dl) {
-			dl = p
+			dl, slack = p, parkAfter/4
 		}
 	} else if dl.IsZero() {
 		return
 	}
+	// A deadline a little later than the one in force (still ahead) is
+	// not worth a timer update on every frame; the timeout then comes at
+	// most slack early, and onTimeout only re-checks.
+	if d := dl.UnixNano() - src.readBy; d >= 0 && d <= int64(slack) && src.readBy > time.Now().UnixNano() {
+		return
+	}
+	src.readBy = dl.UnixNano()
 	_ = src.conn.SetReadDeadline(dl)
 	// startClosing may have set closeBy on this conn between the check
 	// above and the call: re-apply it, or this read could wait for the
@@ -565,15 +579,30 @@ func (s *session) extendReadDeadline(src *leg) {
 		return
 	}
 	if s.idle > 0 {
-		s.lastActive.Store(time.Now().UnixNano())
-		_ = src.conn.SetReadDeadline(time.Now().Add(s.idle))
+		now := time.Now()
+		s.lastActive.Store(now.UnixNano())
+		src.readBy = now.Add(s.idle).UnixNano()
+		_ = src.conn.SetReadDeadline(now.Add(s.idle))
 	} else if parking {
+		src.readBy = 0
 		_ = src.conn.SetReadDeadline(time.Time{}) // lift the parking deadline
 	}
 	// startClosing may have set closeBy in between: re-apply it.
 	if by := s.closeBy.Load(); by != 0 {
 		_ = src.conn.SetReadDeadline(time.Unix(0, by))
 	}
+}
+
+// writeWithinLocked bounds the next write to l by d from now. The deadline
+// moves only when it is more than d/16 off, so a busy leg pays for a
+// timer update every few seconds rather than on every frame. l.mu held.
+func (l *leg) writeWithinLocked(d time.Duration) {
+	by := time.Now().Add(d).UnixNano()
+	if diff := by - l.writeBy; diff >= 0 && diff <= int64(d/16) {
+		return
+	}
+	l.writeBy = by
+	_ = l.conn.SetWriteDeadline(time.Unix(0, by))
 }
 
 // sendClose writes a close frame to l once; later calls do nothing.
@@ -619,7 +648,7 @@ func (l *leg) writeControl(opcode byte, p []byte, timeout time.Duration) error {
 	if timeout <= 0 || timeout > closeWait {
 		timeout = closeWait
 	}
-	_ = l.conn.SetWriteDeadline(time.Now().Add(timeout))
+	l.writeWithinLocked(timeout)
 	_, err := l.conn.Write(l.wbuf)
 	if err != nil {
 		l.breakLocked()
