@@ -67,31 +67,49 @@ type peeker interface {
 // readHeader parses the next frame header from br without consuming it:
 // the caller discards h.size bytes (or the whole frame) itself.
 func readHeader(br peeker) (frameHeader, error) {
-	var h frameHeader
 	b, err := br.Peek(2)
 	if err != nil {
-		return h, err
+		return frameHeader{}, err
+	}
+	if size := headerSize(b); size > 2 {
+		if b, err = br.Peek(size); err != nil {
+			return frameHeader{}, err
+		}
+	}
+	h, _, err := parseHeader(b)
+	return h, err
+}
+
+// headerSize is the length of the header whose first two bytes are b.
+func headerSize(b []byte) int {
+	size := 2
+	switch b[1] & 0x7F {
+	case 126:
+		size += 2
+	case 127:
+		size += 8
+	}
+	if b[1]&0x80 != 0 {
+		size += 4
+	}
+	return size
+}
+
+// parseHeader parses the frame header at the start of b. ok is false when
+// b is too short to hold the whole header.
+func parseHeader(b []byte) (h frameHeader, ok bool, err error) {
+	if len(b) < 2 {
+		return h, false, nil
+	}
+	h.size = headerSize(b)
+	if len(b) < h.size {
+		return h, false, nil
 	}
 	h.fin = b[0]&0x80 != 0
 	h.rsv = b[0] & 0x70
 	h.opcode = b[0] & 0x0F
 	h.masked = b[1]&0x80 != 0
 	n := int64(b[1] & 0x7F)
-	h.size = 2
-	switch n {
-	case 126:
-		h.size += 2
-	case 127:
-		h.size += 8
-	}
-	if h.masked {
-		h.size += 4
-	}
-	if h.size > 2 {
-		if b, err = br.Peek(h.size); err != nil {
-			return h, err
-		}
-	}
 	p := b[2:]
 	switch n {
 	case 126:
@@ -100,7 +118,7 @@ func readHeader(br peeker) (frameHeader, error) {
 	case 127:
 		v := binary.BigEndian.Uint64(p)
 		if v>>63 != 0 {
-			return h, protoErr("64-bit payload length has its most significant bit set")
+			return h, true, protoErr("64-bit payload length has its most significant bit set")
 		}
 		n = int64(v)
 		p = p[8:]
@@ -109,7 +127,7 @@ func readHeader(br peeker) (frameHeader, error) {
 	if h.masked {
 		copy(h.mask[:], p[:4])
 	}
-	return h, nil
+	return h, true, nil
 }
 
 // appendHeader appends the wire form of h (using h.masked and h.mask) to dst.

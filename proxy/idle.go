@@ -10,8 +10,10 @@ import (
 )
 
 // readBufferSize is a leg's read buffer. A frame that fits in it (header
-// included) is forwarded with one write straight from the buffer.
-const readBufferSize = 4096
+// included) is forwarded with one write straight from the buffer, together
+// with the complete frames that follow it. Plain TCP legs hold it only
+// while data flows (see frameReader).
+const readBufferSize = 32 << 10
 
 // bufPool holds the read buffers of idle legs.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
@@ -45,6 +47,14 @@ func newFrameReader(conn net.Conn, raw syscall.RawConn, early []byte) *frameRead
 
 // idle reports whether the reader holds no buffer (and so no bytes).
 func (b *frameReader) idle() bool { return b.bp == nil && len(b.early) == 0 }
+
+// bufferedAfter returns the buffered bytes past the first n (n ≤ Buffered).
+func (b *frameReader) bufferedAfter(n int) []byte {
+	if b.bp == nil {
+		return nil
+	}
+	return (*b.bp)[b.r+n : b.w]
+}
 
 // Buffered returns the number of bytes that can be read without waiting.
 func (b *frameReader) Buffered() int { return b.w - b.r }

@@ -115,8 +115,15 @@ func (s *session) run(client net.Conn, early []byte) {
 	if away {
 		s.goAway()
 	}
-	go s.pumpLoop(s.backend, s.client)
-	s.pumpLoop(s.client, s.backend)
+	// A leg that can wait in the poller starts there: a new session costs
+	// no goroutine until a peer sends something (the poller resumes at
+	// once if data is already waiting).
+	if !s.canPark(s.backend) || !s.park(s.backend, s.client) {
+		go s.pumpLoop(s.backend, s.client)
+	}
+	if !s.canPark(s.client) || !s.park(s.client, s.backend) {
+		s.pumpLoop(s.client, s.backend)
+	}
 }
 
 // pumpLoop runs one direction's pump until it ends or parks. A parked
@@ -288,7 +295,7 @@ func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 			s.closeBoth(closeGoingAway, "backend message too big", closeTooBig, errMessageTooBig.Error())
 		}
 	}
-	if !s.forward(src, dst, &h) {
+	if !s.forward(src, dst, &h, st) {
 		s.sourceGone(src, dst)
 		return false
 	}
@@ -412,7 +419,7 @@ func (s *session) check(h *frameHeader, st *pumpState) *protocolError {
 // must be unpredictable to the application that supplies the payload).
 // Frames for a leg that is closed are read and dropped. A failed write
 // breaks dst (see breakLocked). It reports false when reading src failed.
-func (s *session) forward(src, dst *leg, h *frameHeader) bool {
+func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState) bool {
 	dst.mu.Lock()
 	defer dst.mu.Unlock()
 	if dst.closeSent {
@@ -441,6 +448,10 @@ func (s *session) forward(src, dst *leg, h *frameHeader) bool {
 			copy(b[h.size-4:h.size], h.mask[:])
 			maskBytes(xor, 0, b[h.size:])
 		}
+		// Data frames that follow, already whole in the buffer (a message
+		// sent as many frames, or a burst), go out in the same write.
+		total += s.batch(src, dst, st, total)
+		b, _ = src.br.Peek(total)
 		_, werr := dst.conn.Write(b)
 		_, _ = src.br.Discard(total)
 		if werr != nil {
@@ -487,6 +498,51 @@ func (s *session) forward(src, dst *leg, h *frameHeader) bool {
 		s.extendReadDeadline(src)
 	}
 	return true
+}
+
+// batch prepares the data frames that follow the first n buffered bytes
+// of src and are already complete in its buffer: each is checked and
+// counted like relayFrame does, and re-masked in place toward the
+// backend. It stops at anything relayFrame must handle itself — a
+// control frame, a protocol error, a message over the limit, an
+// incomplete frame — and returns the number of bytes prepared.
+func (s *session) batch(src, dst *leg, st *pumpState, n int) int {
+	added := 0
+	for {
+		rest := src.br.bufferedAfter(n + added)
+		h, ok, err := parseHeader(rest)
+		if !ok || err != nil || h.isControl() || s.check(&h, st) != nil {
+			return added
+		}
+		size := int64(h.size) + h.length
+		if size > int64(len(rest)) {
+			return added
+		}
+		msg := h.length
+		if h.opcode == opContinuation {
+			msg = addLength(st.msgSize, h.length)
+		}
+		if s.maxMessage > 0 && msg > s.maxMessage {
+			return added
+		}
+		if h.opcode != opContinuation {
+			src.messages++
+		}
+		st.msgSize = msg
+		src.bytes = addLength(src.bytes, h.length)
+		st.inMessage = !h.fin
+		if dst.masked {
+			f := rest[:size]
+			var xor [4]byte
+			k := newMaskKey()
+			for i := range xor {
+				xor[i] = h.mask[i] ^ k[i]
+			}
+			copy(f[h.size-4:h.size], k[:])
+			maskBytes(xor, 0, f[h.size:])
+		}
+		added += int(size)
+	}
 }
 
 // discard reads and drops n bytes from br.

@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -56,6 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	accessLog := fs.Bool("access-log", true, "log one line per HTTP request")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to `file` until shutdown (for development)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: wsgate -config FILE [flags]\n       wsgate validate FILE\n       wsgate version\n\nflags:\n")
 		fs.PrintDefaults()
@@ -79,6 +81,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		printConfigError(stderr, err)
 		return 2
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "wsgate: -cpuprofile: %v\n", err)
+			return 2
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	// Take the signals before the first listening line: a SIGHUP or
 	// SIGTERM right after it must not kill the process by default action.
