@@ -15,6 +15,11 @@ import (
 // while data flows (see frameReader).
 const readBufferSize = 32 << 10
 
+// keptBufferSize is the read buffer of a leg that cannot wait without one
+// (TLS: the decrypted bytes live in crypto/tls): it keeps it for its
+// whole life, so it is small.
+const keptBufferSize = 4 << 10
+
 // bufPool holds the read buffers of idle legs.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
 
@@ -60,13 +65,24 @@ func (b *frameReader) bufferedAfter(n int) []byte {
 func (b *frameReader) Buffered() int { return b.w - b.r }
 
 // Size returns the buffer size.
-func (b *frameReader) Size() int { return readBufferSize }
+func (b *frameReader) Size() int {
+	if b.raw == nil {
+		return keptBufferSize
+	}
+	return readBufferSize
+}
 
 func (b *frameReader) acquire() {
-	if b.bp == nil {
-		b.bp = bufPool.Get().(*[]byte)
-		b.r, b.w = 0, 0
+	if b.bp != nil {
+		return
 	}
+	if b.raw == nil {
+		buf := make([]byte, keptBufferSize)
+		b.bp = &buf
+	} else {
+		b.bp = bufPool.Get().(*[]byte)
+	}
+	b.r, b.w = 0, 0
 }
 
 func (b *frameReader) releaseIfEmpty() {
@@ -143,7 +159,7 @@ func (b *frameReader) readable(fd uintptr) bool {
 // Peek returns the next n bytes without consuming them, waiting until
 // they are buffered; n must not exceed Size.
 func (b *frameReader) Peek(n int) ([]byte, error) {
-	if n > readBufferSize {
+	if n > b.Size() {
 		return nil, bufio.ErrBufferFull
 	}
 	for b.w-b.r < n {

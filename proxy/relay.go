@@ -92,10 +92,11 @@ type session struct {
 	ended     bool        // guarded by endMu: conns are closed
 }
 
-// run relays frames both ways until both sides are done, then closes both
-// connections. It returns only after both pumps have returned. One pump
-// runs on the caller's goroutine, so a session costs two goroutines.
-// early holds client bytes read before the connection was handed over.
+// run starts relaying frames both ways; the session ends (connections
+// closed, log written, registry entry removed) when the last pump ends.
+// A direction that can wait in the poller starts parked; the other runs
+// on a goroutine, one of them the caller's. early holds client bytes read
+// before the connection was handed over.
 func (s *session) run(client net.Conn, early []byte) {
 	s.lastActive.Store(time.Now().UnixNano())
 	s.endMu.Lock()

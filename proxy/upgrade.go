@@ -141,7 +141,7 @@ type backendHandshake struct {
 // written and read through.
 var (
 	writerPool       = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 2048) }}
-	handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+	handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, keptBufferSize) }}
 )
 
 // errBadHandshake marks a 101 that is not a valid WebSocket acceptance.
