@@ -93,40 +93,11 @@ func wsRoute(up *routes.Upstream) *routes.Route {
 	}
 }
 
-// startProxy serves the given routes on 127.0.0.1:0 until the test ends.
+// startProxy serves the given routes on 127.0.0.1:0 until the test ends,
+// with default options and the access log on.
 func startProxy(t testing.TB, rs ...*routes.Route) *testProxy {
 	t.Helper()
-	table, err := routes.New(rs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncBuffer{}
-	h := New(Options{
-		Routes:    table,
-		AccessLog: true,
-		Logger:    slog.New(slog.NewTextHandler(logs, nil)),
-	})
-	srv := NewServer(h, ServerOptions{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.ShutdownWithContext(ctx)
-		h.Drain(ctx)
-		<-done
-		if t.Failed() {
-			t.Logf("proxy logs:\n%s", logs.String())
-		}
-	})
-	return &testProxy{h: h, addr: ln.Addr().String(), logs: logs}
+	return startProxyWith(t, proxySetup{}, rs...)
 }
 
 // echoWS is a net/http WebSocket backend that echoes every message with

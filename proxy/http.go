@@ -106,16 +106,30 @@ type idleConn struct {
 
 func (c *idleConn) Read(p []byte) (int, error) {
 	if c.timeout > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+		if by, ok := c.moved(c.readBy); ok {
+			c.readBy = by
+			_ = c.Conn.SetReadDeadline(by)
+		}
 	}
 	return c.Conn.Read(p)
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
 	if c.timeout > 0 {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		if by, ok := c.moved(c.writeBy); ok {
+			c.writeBy = by
+			_ = c.Conn.SetWriteDeadline(by)
+		}
 	}
 	return c.Conn.Write(p)
+}
+
+// moved returns the deadline for an operation starting now and whether it
+// is far enough past the one in force to be worth setting. Read and Write
+// each touch only their own field.
+func (c *idleConn) moved(current time.Time) (time.Time, bool) {
+	by := time.Now().Add(c.timeout)
+	return by, by.Sub(current) > c.timeout/16
 }
 
 // SetReadDeadline is a no-op: Read owns the read deadline.
