@@ -85,16 +85,21 @@ func removeHopByHop(h headerDeleter) {
 	}
 }
 
+// nextElement splits the first element off a comma-separated list,
+// trimmed of optional white space (RFC 9110 §5.6.1), and returns it with
+// the rest of the list.
+func nextElement(v []byte) (elem, rest []byte) {
+	if i := bytes.IndexByte(v, ','); i >= 0 {
+		return trimOWS(v[:i]), v[i+1:]
+	}
+	return trimOWS(v), nil
+}
+
 // deleteNominated deletes each field named in the Connection value v.
 func deleteNominated(h headerDeleter, v []byte) {
 	for len(v) > 0 {
 		var tok []byte
-		if i := bytes.IndexByte(v, ','); i >= 0 {
-			tok, v = v[:i], v[i+1:]
-		} else {
-			tok, v = v, nil
-		}
-		if tok = trimOWS(tok); len(tok) > 0 {
+		if tok, v = nextElement(v); len(tok) > 0 {
 			h.DelBytes(tok)
 		}
 	}
@@ -107,12 +112,7 @@ func deleteNominated(h headerDeleter, v []byte) {
 func hasToken(v []byte, token string) bool {
 	for len(v) > 0 {
 		var tok []byte
-		if i := bytes.IndexByte(v, ','); i >= 0 {
-			tok, v = v[:i], v[i+1:]
-		} else {
-			tok, v = v, nil
-		}
-		if equalFoldASCII(trimOWS(tok), token) {
+		if tok, v = nextElement(v); equalFoldASCII(tok, token) {
 			return true
 		}
 	}
@@ -130,12 +130,7 @@ func appendForwardedFor(dst []byte, prior [][]byte, peer netip.Addr, trusted []n
 		for _, line := range prior {
 			for len(line) > 0 {
 				var elem []byte
-				if i := bytes.IndexByte(line, ','); i >= 0 {
-					elem, line = line[:i], line[i+1:]
-				} else {
-					elem, line = line, nil
-				}
-				if elem = trimOWS(elem); len(elem) > 0 {
+				if elem, line = nextElement(line); len(elem) > 0 {
 					dst = append(dst, elem...)
 					dst = append(dst, ", "...)
 				}
