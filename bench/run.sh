@@ -2,10 +2,11 @@
 # wsgate benchmark suite (issue 3): wsgate, nginx, HAProxy, Caddy and direct
 # in front of the same backend, in one run. See docs/benchmarks.md.
 #
-#   bench/run.sh [--quick] [--repeats N] [--only a,b] [--out DIR] [--rev REV] [other bench/suite flags]
+#   bench/run.sh [--quick] [--repeats N] [--only a,b] [--out DIR] [--rev REV] [--base REV] [other bench/suite flags]
 #
 # --rev REV measures wsgate as committed at REV (git archive, read-only)
-# instead of the working tree.
+# instead of the working tree. --base REV also builds REV as the target
+# wsgate-base, for an A/B in one run: --base HEAD --only wsgate,wsgate-base,ws-128
 #
 # Full mode writes docs/benchmarks.md and docs/benchmarks.json; quick mode
 # (≈1–2 minutes, figures not for publishing) writes to --out DIR, or to a new
@@ -18,6 +19,7 @@ repo=$PWD
 # --- arguments: ours are translated to the suite's flags, the rest pass through
 args=()
 rev=
+base=
 while (($#)); do
   case "$1" in
     --quick) args+=(-quick) ;;
@@ -29,7 +31,9 @@ while (($#)); do
     --out=*) args+=(-out "${1#*=}") ;;
     --rev) rev=$2; shift ;;
     --rev=*) rev=${1#*=} ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --base) base=$2; shift ;;
+    --base=*) base=${1#*=} ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) args+=("$1") ;;
   esac
   shift
@@ -133,6 +137,12 @@ else
     label="$label (working tree)"
   fi
   go build -ldflags "-X 'main.version=$label'" -o "$tmp/bin/wsgate" ./cmd/wsgate
+fi
+if [[ -n $base ]]; then
+  blabel="$(git rev-parse --short "$base^{commit}") (committed tree, base)"
+  mkdir -p "$tmp/base"
+  git archive --format=tar "$base" | tar -x -C "$tmp/base"
+  (cd "$tmp/base" && go build -ldflags "-X 'main.version=$blabel'" -o "$tmp/bin/wsgate-base" ./cmd/wsgate)
 fi
 go build -o "$tmp/bin/backend" ./bench/backend
 go build -o "$tmp/bin/wsload" ./bench/wsload

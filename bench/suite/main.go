@@ -125,7 +125,7 @@ func run() int {
 			x = strings.TrimSpace(strings.ToLower(x))
 			switch {
 			case x == "":
-			case contains(allTargets, x):
+			case contains(allTargets, x), x == baseTarget:
 				ts = append(ts, x)
 			case workloadByID(x) != nil:
 				ws = append(ws, x)

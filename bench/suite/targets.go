@@ -21,6 +21,10 @@ var templatesFS embed.FS
 
 var allTargets = []string{"wsgate", "nginx", "haproxy", "caddy", "direct"}
 
+// baseTarget is wsgate built from another commit (run.sh --base REV), for
+// an A/B comparison in one run; only -only names it.
+const baseTarget = "wsgate-base"
+
 // refs are the reference proxies the targets of issue 3 §2 compare against.
 var refs = []string{"nginx", "haproxy", "caddy"}
 
@@ -166,12 +170,12 @@ func startSession(o *options, target string, repeat int) (*session, error) {
 		argv = []string{"caddy", "run", "--config", cfg, "--adapter", "caddyfile"}
 		env = []string{"GOMAXPROCS=1", "HOME=" + dir, "XDG_DATA_HOME=" + filepath.Join(dir, "data"),
 			"XDG_CONFIG_HOME=" + filepath.Join(dir, "config")}
-	case "wsgate":
+	case "wsgate", baseTarget:
 		cfg := filepath.Join(dir, "wsgate.yaml")
 		if err := render("wsgate.yaml.tmpl", cfg, data); err != nil {
 			return s, err
 		}
-		argv = []string{filepath.Join(o.bin, "wsgate"), "-config", cfg, "-access-log=false", "-log-level", "warn"}
+		argv = []string{filepath.Join(o.bin, target), "-config", cfg, "-access-log=false", "-log-level", "warn"}
 		env = []string{"GOMAXPROCS=1"}
 	default:
 		return s, fmt.Errorf("unknown target %q", target)
