@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -52,6 +53,10 @@ type Handler struct {
 	upgrading int                   // guarded by mu: handshakes in progress
 	draining  bool                  // guarded by mu
 	changed   chan struct{}         // guarded by mu: closed when the two above shrink
+
+	// handOffs counts WebSocket legs the poller gave back to a pump
+	// goroutine (see poller.handOff): low while the poller relays.
+	handOffs atomic.Int64
 }
 
 // New returns a handler for o.Routes.

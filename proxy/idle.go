@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // readBufferSize is a leg's read buffer. A frame that fits in it (header
@@ -19,6 +21,9 @@ const readBufferSize = 32 << 10
 // (TLS: the decrypted bytes live in crypto/tls): it keeps it for its
 // whole life, so it is small.
 const keptBufferSize = 4 << 10
+
+// errWouldBlock: the leg has nothing to read now (see parkOnBlock).
+var errWouldBlock = errors.New("read would block")
 
 // bufPool holds the read buffers of idle legs.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
@@ -33,11 +38,15 @@ type frameReader struct {
 	conn  net.Conn
 	raw   syscall.RawConn // nil: read conn and keep the buffer
 	early []byte          // bytes that come before conn's
-	bp    *[]byte         // nil while idle
-	r, w  int             // buffered bytes are (*bp)[r:w]
+	// parkOnBlock: a read that would block with nothing buffered fails
+	// with errWouldBlock instead of waiting, so the pump can park.
+	parkOnBlock bool
+	bp          *[]byte // nil while idle
+	r, w        int     // buffered bytes are (*bp)[r:w]
 
-	// State of one RawConn.Read call, shared with its callback.
+	// State of one RawConn.Read or readNow call, shared with its callback.
 	onReadable func(fd uintptr) bool // b.readable, bound once
+	onReadNow  func(fd uintptr)      // b.readNowFd, bound once
 	rp         []byte
 	rpooled    bool
 	rn         int
@@ -47,6 +56,7 @@ type frameReader struct {
 func newFrameReader(conn net.Conn, raw syscall.RawConn, early []byte) *frameReader {
 	b := &frameReader{conn: conn, raw: raw, early: early}
 	b.onReadable = b.readable
+	b.onReadNow = b.readNowFd
 	return b
 }
 
@@ -145,6 +155,10 @@ func (b *frameReader) readable(fd uintptr) bool {
 	case syscall.EAGAIN:
 		if b.rpooled && b.r == b.w {
 			b.releaseIfEmpty() // wait without a buffer
+			if b.parkOnBlock {
+				b.rerr = errWouldBlock
+				return true
+			}
 		}
 		return false
 	case syscall.EINTR:
@@ -154,6 +168,33 @@ func (b *frameReader) readable(fd uintptr) bool {
 		b.rn = 0
 	}
 	return true
+}
+
+// readNow reads once from a plain TCP socket into the buffer without
+// waiting (the poller knows it is readable). It returns what read(2)
+// returned: syscall.EAGAIN when there was nothing after all.
+func (b *frameReader) readNow() (int, error) {
+	b.acquire()
+	buf := *b.bp
+	if b.r > 0 {
+		b.w = copy(buf, buf[b.r:b.w])
+		b.r = 0
+	}
+	b.rp = buf[b.w:]
+	err := b.raw.Control(b.onReadNow)
+	n, rerr := b.rn, b.rerr
+	b.rp, b.rn, b.rerr = nil, 0, nil
+	if err != nil {
+		return 0, err
+	}
+	if n > 0 {
+		b.w += n
+	}
+	return n, rerr
+}
+
+func (b *frameReader) readNowFd(fd uintptr) {
+	b.rn, b.rerr = rawIO(syscall.SYS_READ, fd, b.rp)
 }
 
 // Peek returns the next n bytes without consuming them, waiting until
@@ -213,6 +254,7 @@ func (b *frameReader) release() { b.releaseIfEmpty() }
 // it (fasthttp's buffer, or the handshake reader's) that come first.
 func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
 	l := &leg{name: name, conn: conn, masked: masked}
+	l.onWriteNow = l.writeNowFd
 	l.st.fromClient = name == "client"
 	var raw syscall.RawConn
 	if tc, ok := conn.(*net.TCPConn); ok {
@@ -223,6 +265,44 @@ func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
 	l.raw = raw
 	l.br = newFrameReader(conn, raw, early)
 	return l
+}
+
+// writeNow writes p to a plain TCP leg with one non-blocking write(2)
+// and returns what it wrote: syscall.EAGAIN (or fewer bytes) when the
+// socket buffer is full. l.mu held.
+func (l *leg) writeNow(p []byte) (int, error) {
+	l.wp = p
+	err := l.raw.Control(l.onWriteNow)
+	n, werr := l.wn, l.werr
+	l.wp, l.wn, l.werr = nil, 0, nil
+	if err != nil {
+		return 0, err
+	}
+	return max(n, 0), werr
+}
+
+func (l *leg) writeNowFd(fd uintptr) {
+	l.wn, l.werr = rawIO(syscall.SYS_WRITE, fd, l.wp)
+}
+
+// rawIO is read(2) or write(2) on a non-blocking socket, as a raw system
+// call: it cannot block, so it skips the runtime's syscall bookkeeping,
+// which on a busy poller made the scheduler hand its P to another thread
+// in the middle of a loopback write (a context switch per write).
+func rawIO(trap uintptr, fd uintptr, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case 0:
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
+		return 0, e
+	}
 }
 
 // unwrapHijacked returns the connection under fasthttp's hijacked conn and

@@ -1,17 +1,24 @@
 package proxy
 
 import (
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // parkAfter is how long a leg may sit idle in its pump goroutine before
-// the pump parks it in the shared poller and exits. Busy legs never park,
-// so message rates do not pay for it; long-idle sessions cost no stack.
+// the pump parks it in its session's poller and exits. Busy legs on a
+// goroutine never park, so large messages do not pay for it; long-idle
+// sessions cost no stack.
 const parkAfter = 200 * time.Millisecond
 
-// sweepEvery is how often the poller looks for parked legs whose session
+// sweepEvery is how often a poller looks for parked legs whose session
 // needs them back (see due).
 const sweepEvery = time.Second
 
@@ -19,15 +26,36 @@ const sweepEvery = time.Second
 // than this, so the sweep always returns it in time.
 const parkMargin = 2 * sweepEvery
 
+// epollET is EPOLLET as a uint32 (the syscall package's constant is negative).
+const epollET = 1 << 31
+
 // parking reports whether idle legs can be parked on this platform.
 const parking = true
 
-// poller waits for many idle legs in one epoll instance and one goroutine.
-// A parked leg has no goroutine and no read buffer: it is one map entry.
-// The poller goroutine lives as long as the process, like the runtime's
-// own network poller.
+// poller waits for many legs in one epoll instance and one goroutine. A
+// parked leg has no goroutine and no read buffer: it is one map entry.
+//
+// When both legs of a session are plain TCP, the poller also relays: on
+// readiness it reads the leg once and, when that read holds only whole
+// data frames, writes them to the other leg, all without a goroutine of
+// the session (serve). That is the event loop of nginx or HAProxy: one
+// read and one write per frame, several legs per wake-up, no scheduler
+// hop. Anything else — a control frame, a frame larger than what was
+// read, a write that would block — hands the leg to a pump goroutine,
+// which parks it again once it has been idle for parkAfter.
+//
+// The epoll descriptor is itself waited for by Go's network poller, so
+// a poller never blocks a thread in epoll_wait. There is one poller per
+// GOMAXPROCS; sessions are spread over them. Pollers live as long as the
+// process, like the runtime's own network poller.
 type poller struct {
 	epfd int
+	rc   syscall.RawConn // epfd, waited for by the runtime's poller
+	file *os.File        // keeps epfd open; its read deadline paces the sweep
+
+	events   [128]syscall.EpollEvent // filled by readEvents
+	n        int
+	onEvents func(fd uintptr) bool // p.readEvents, bound once
 
 	mu     sync.Mutex
 	parked map[uint64]parkedPump // guarded by mu
@@ -37,45 +65,93 @@ type poller struct {
 type parkedPump struct {
 	s        *session
 	src, dst *leg
+	// relay: both legs are plain TCP, so the poller relays src's frames
+	// itself (edge-triggered registration); otherwise src is registered
+	// for one event, which resumes its pump.
+	relay bool
 }
 
 var (
-	thePoller     *poller // nil until the first park, or if epoll is unavailable
-	thePollerOnce sync.Once
+	pollers     []*poller // nil if epoll is unavailable
+	pollersOnce sync.Once
+	pollerNext  atomic.Uint32
 )
 
-func getPoller() *poller {
-	thePollerOnce.Do(func() {
-		fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
-		if err != nil {
-			return // legs keep waiting on their goroutines
+// pickPoller returns the poller for a new session, or nil when legs
+// cannot park on this system.
+func pickPoller() *poller {
+	pollersOnce.Do(func() {
+		n := runtime.GOMAXPROCS(0)
+		for range n {
+			p, err := newPoller()
+			if err != nil {
+				pollers = nil // legs keep waiting on their goroutines
+				return
+			}
+			pollers = append(pollers, p)
 		}
-		thePoller = &poller{epfd: fd, parked: map[uint64]parkedPump{}}
-		go thePoller.loop()
+		for _, p := range pollers {
+			go p.loop()
+		}
 	})
-	return thePoller
+	if len(pollers) == 0 {
+		return nil
+	}
+	return pollers[int(pollerNext.Add(1))%len(pollers)]
 }
 
-// park registers src for one readiness event and reports whether it did;
-// the caller's goroutine then returns, and the pump resumes in a new
-// goroutine when src is readable, closed, or due for a deadline.
+func newPoller() (*poller, error) {
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		_ = syscall.Close(fd)
+		return nil, err
+	}
+	// A non-blocking descriptor given to os.NewFile joins the runtime's
+	// poller; SetReadDeadline fails if it could not.
+	f := os.NewFile(uintptr(fd), "wsgate-epoll")
+	rc, err := f.SyscallConn()
+	if err == nil {
+		err = f.SetReadDeadline(time.Now().Add(sweepEvery))
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	p := &poller{epfd: fd, rc: rc, file: f, parked: map[uint64]parkedPump{}}
+	p.onEvents = p.readEvents
+	return p, nil
+}
+
+// park registers src with the session's poller and reports whether it
+// did; the caller's goroutine then returns. The poller relays src's
+// frames itself, or resumes the pump in a new goroutine when src is
+// readable, closed, or due for a deadline.
 func (s *session) park(src, dst *leg) bool {
-	p := getPoller()
+	p := s.pl
 	if p == nil || src.raw == nil || !src.br.idle() {
 		return false
 	}
+	relay := dst.raw != nil
 	p.mu.Lock()
 	id := p.next
 	p.next++
-	p.parked[id] = parkedPump{s: s, src: src, dst: dst}
+	p.parked[id] = parkedPump{s: s, src: src, dst: dst, relay: relay}
 	src.parkID = id
 	p.mu.Unlock()
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
+	if relay {
+		ev.Events = syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET
+	}
 	ev.Fd, ev.Pad = int32(uint32(id)), int32(uint32(id>>32))
 	var ctlErr error
-	// Control pins the descriptor, so it cannot be closed and reused
-	// by another connection while it is being registered. After a first
-	// event ONESHOT leaves it registered but disarmed: MOD re-arms it.
+	// Control pins the descriptor, so it cannot be closed and reused by
+	// another connection while it is being registered. A registration
+	// left from an earlier park (disarmed by ONESHOT) is modified; one
+	// removed by handOff is added again. Either way epoll reports data
+	// that is already waiting.
 	err := src.raw.Control(func(fd uintptr) {
 		ctlErr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
 		if ctlErr == syscall.ENOENT {
@@ -99,7 +175,7 @@ func (s *session) park(src, dst *leg) bool {
 // unpark resumes the session's parked pumps at once (its connections are
 // closing): each fails on its next read and ends.
 func (s *session) unpark() {
-	p := thePoller
+	p := s.pl
 	if p == nil {
 		return
 	}
@@ -116,14 +192,14 @@ func (s *session) unpark() {
 	}
 	p.mu.Unlock()
 	for _, pp := range wake {
-		go pp.s.pumpLoop(pp.src, pp.dst)
+		p.handOff(pp)
 	}
 }
 
 // unparkLeg resumes the pump parked on l, if any: its connection was
 // closed, which removes it from epoll without an event.
 func unparkLeg(l *leg) {
-	p := thePoller
+	p := l.pl
 	if p == nil {
 		return
 	}
@@ -136,40 +212,165 @@ func unparkLeg(l *leg) {
 	}
 	p.mu.Unlock()
 	if ok {
-		go pp.s.pumpLoop(pp.src, pp.dst)
+		p.handOff(pp)
 	}
+}
+
+// handOff resumes pp's pump on a goroutine. The caller has taken pp out
+// of the parked map; a relaying registration is removed first, or its
+// edge-triggered events would keep waking the poller while the
+// goroutine reads.
+func (p *poller) handOff(pp parkedPump) {
+	pp.s.h.handOffs.Add(1)
+	if pp.relay {
+		_ = pp.src.raw.Control(func(fd uintptr) {
+			_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+		})
+	}
+	go pp.s.pumpLoop(pp.src, pp.dst)
 }
 
 func (p *poller) loop() {
-	var events [256]syscall.EpollEvent
-	lastSweep := time.Now()
+	sweepAt := time.Now().Add(sweepEvery)
 	for {
-		n, err := syscall.EpollWait(p.epfd, events[:], int(sweepEvery/time.Millisecond))
-		if err != nil && err != syscall.EINTR {
-			// Unreachable in practice (EBADF, EFAULT, EINVAL); keep
-			// sweeping so parked legs still meet their deadlines.
+		err := p.rc.Read(p.onEvents)
+		now := time.Now()
+		if err != nil && !isTimeout(err) {
+			// Unreachable in practice: the descriptor is never closed.
+			// Keep sweeping so parked legs still meet their deadlines.
+			p.n = 0
+			_ = p.file.SetReadDeadline(now.Add(sweepEvery))
 			time.Sleep(sweepEvery)
 		}
-		for i := 0; i < n; i++ {
-			id := uint64(uint32(events[i].Fd)) | uint64(uint32(events[i].Pad))<<32
-			p.wake(id)
+		for i := range p.n {
+			ev := &p.events[i]
+			p.dispatch(uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32, now)
 		}
-		if now := time.Now(); now.Sub(lastSweep) >= sweepEvery {
-			lastSweep = now
+		p.n = 0
+		if !now.Before(sweepAt) {
 			p.sweep(now)
+			sweepAt = now.Add(sweepEvery)
+			_ = p.file.SetReadDeadline(sweepAt)
 		}
 	}
 }
 
-// wake resumes the pump parked under id, if it is still parked.
-func (p *poller) wake(id uint64) {
+// readEvents is the RawConn.Read callback: it takes the ready events
+// without waiting, or reports that there are none yet.
+func (p *poller) readEvents(fd uintptr) bool {
+	for {
+		// A raw call: with a zero timeout it cannot block (see rawIO).
+		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd,
+			uintptr(unsafe.Pointer(&p.events[0])), uintptr(len(p.events)), 0, 0, 0)
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 || n == 0 {
+			return false
+		}
+		p.n = int(n)
+		return true
+	}
+}
+
+// dispatch handles an event for the leg parked under id, if it is still
+// parked: a relaying leg is served here and stays parked unless it needs
+// its goroutine; any other resumes its pump.
+func (p *poller) dispatch(id uint64, now time.Time) {
 	p.mu.Lock()
 	pp, ok := p.parked[id]
 	delete(p.parked, id)
 	p.mu.Unlock()
-	if ok {
-		go pp.s.pumpLoop(pp.src, pp.dst)
+	if !ok {
+		return
 	}
+	if !pp.relay {
+		go pp.s.pumpLoop(pp.src, pp.dst)
+		return
+	}
+	if p.serveSafely(pp, now) {
+		p.mu.Lock()
+		// closeConns sets connsClosed before it looks for parked legs:
+		// either it finds this one, or this check sees the flag.
+		if !pp.s.closing() {
+			p.parked[id] = pp
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+	}
+	p.handOff(pp)
+}
+
+// serveSafely is serve with the pump's recover: a bug costs the session,
+// not the poller and every session on it.
+func (p *poller) serveSafely(pp parkedPump, now time.Time) (stay bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			pp.s.h.log.Error("panic in websocket relay", "route", pp.s.route.Name, "side", pp.src.name,
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			pp.s.closeConns()
+			stay = false
+		}
+	}()
+	return pp.s.serve(pp.src, pp.dst, now)
+}
+
+// serve relays what src has for dst, on the poller's goroutine: one
+// non-blocking read and, when it holds only whole data frames, one
+// non-blocking write of all of them. It reports whether src stays in the
+// poller; if not, its pump goes on on a goroutine with the bytes read
+// still in src.br. When dst took only part of the frames, src.pending of
+// those bytes are prepared for dst and dst.mu stays locked for the
+// goroutine to finish the write (see finishPending).
+func (s *session) serve(src, dst *leg, now time.Time) bool {
+	br := src.br
+	n, err := br.readNow()
+	if err == syscall.EAGAIN {
+		br.release() // a stale event: the data was read earlier
+		return true
+	}
+	if n <= 0 || err != nil {
+		// End of stream or an error: the pump reads it again and
+		// ends the session the usual way.
+		return false
+	}
+	// A read that filled the buffer may have left more in the socket:
+	// with edge-triggered events only a goroutine reads it.
+	full := br.w == len(*br.bp)
+	if !dst.mu.TryLock() {
+		return false // a write to dst is in progress: the pump waits for it
+	}
+	if dst.closeSent {
+		dst.mu.Unlock()
+		return false
+	}
+	b := br.bufferedAfter(0)
+	k := s.prepare(src, dst, &src.st, b)
+	if k == 0 {
+		dst.mu.Unlock()
+		return false
+	}
+	s.lastActive.Store(now.UnixNano())
+	w, werr := dst.writeNow(b[:k])
+	_, _ = br.Discard(w)
+	switch {
+	case werr == nil || werr == syscall.EAGAIN:
+		if w < k {
+			src.pending = k - w
+			return false // dst.mu stays locked for the pump
+		}
+	default:
+		// dst is gone: its frames are dropped, its pump hears of it.
+		_, _ = br.Discard(k - w)
+		dst.breakLocked()
+	}
+	dst.mu.Unlock()
+	if full || br.Buffered() > 0 {
+		return false
+	}
+	br.release()
+	return true
 }
 
 // sweep resumes parked pumps whose session has a deadline due: the idle
@@ -186,7 +387,7 @@ func (p *poller) sweep(now time.Time) {
 	}
 	p.mu.Unlock()
 	for _, pp := range wake {
-		go pp.s.pumpLoop(pp.src, pp.dst)
+		p.handOff(pp)
 	}
 }
 
@@ -195,7 +396,7 @@ func (p *poller) sweep(now time.Time) {
 // sweep's granularity would make it late. Back on its goroutine the pump
 // waits with an exact read deadline (canPark keeps it there).
 func (s *session) due(now time.Time) bool {
-	if s.closeBy.Load() != 0 {
+	if s.closing() {
 		return true
 	}
 	return s.idle > 0 && s.idleLeft(now) <= parkMargin

@@ -3,11 +3,15 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,14 +20,16 @@ import (
 
 // parkedLegs counts the legs of h's sessions waiting in the shared poller.
 func parkedLegs(h *Handler) int {
-	p := getPoller()
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	pickPoller()
 	n := 0
-	for _, pp := range p.parked {
-		if pp.s.h == h {
-			n++
+	for _, p := range pollers {
+		p.mu.Lock()
+		for _, pp := range p.parked {
+			if pp.s.h == h {
+				n++
+			}
 		}
+		p.mu.Unlock()
 	}
 	return n
 }
@@ -138,5 +144,166 @@ func TestParkedSessionForcedDrain(t *testing.T) {
 	}
 	if _, err := c.NetConn().Read(make([]byte, 1)); err == nil || errors.Is(err, net.ErrClosed) {
 		t.Errorf("client connection after the cut: %v, want EOF or reset", err)
+	}
+}
+
+// TestPollerRelaysFrames: once parked, both legs of a plain-TCP session
+// are relayed by the poller itself: messages in both directions arrive,
+// are counted, and no leg goes back to a pump goroutine.
+func TestPollerRelaysFrames(t *testing.T) {
+	backend := startBackend(t, echoWS(t))
+	p := startProxy(t, wsRoute(upstream(backend)))
+	const n, rounds = 20, 5
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i], _ = dialWS(t, p.addr, "/", nil)
+	}
+	waitFor(t, "every leg parked", 10*time.Second, func() bool { return parkedLegs(p.h) == 2*n })
+	before := p.h.handOffs.Load()
+	for round := range rounds {
+		for i, c := range conns {
+			msg := bytes.Repeat([]byte{byte(i), byte(round)}, 1+(i*97+round*31)%1000)
+			if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			mt, got, err := c.ReadMessage()
+			if err != nil || mt != websocket.BinaryMessage || !bytes.Equal(got, msg) {
+				t.Fatalf("round %d conn %d: echo %d bytes type %d, %v; want %d bytes back", round, i, len(got), mt, err, len(msg))
+			}
+		}
+	}
+	if got := p.h.handOffs.Load() - before; got != 0 {
+		t.Errorf("%d legs went back to a goroutine while the poller relayed small messages, want 0", got)
+	}
+	for _, c := range conns {
+		c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+			t.Errorf("close through the poller: %v, want the backend's 1000 echoed", err)
+		}
+		c.Close()
+	}
+	waitFor(t, "sessions ended", 10*time.Second, func() bool { return p.h.Sessions() == 0 })
+	want := fmt.Sprintf("client_messages=%d", rounds)
+	if got := strings.Count(p.logs.String(), want); got != n {
+		t.Errorf("%d session logs say %s, want %d:\n%s", got, want, n, p.logs.String())
+	}
+}
+
+// TestServePartialWrite: when the destination takes only part of what
+// the poller read, the rest is written by a pump goroutine, in order and
+// before anything else reaches that destination.
+func TestServePartialWrite(t *testing.T) {
+	s, clientPeer, backendPeer := testSession(t)
+	s.client = newLeg("client", s.client.conn, nil, false)
+	s.backend = newLeg("backend", s.backend.conn, nil, true)
+	s.pumpsRun = 1
+	// Small socket buffers toward the backend, which does not read yet.
+	if err := s.backend.conn.(*net.TCPConn).SetWriteBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := backendPeer.(*net.TCPConn).SetReadBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	key := [4]byte{9, 8, 7, 6}
+	frame := func(seq int) []byte {
+		payload := bytes.Repeat([]byte{byte(seq), byte(seq >> 8)}, 512)
+		return makeFrame(0x82, &key, payload)
+	}
+	sent := 0
+	for ; sent < 10000; sent++ {
+		if _, err := clientPeer.Write(frame(sent)); err != nil {
+			t.Fatal(err)
+		}
+		if !s.serve(s.client, s.backend, time.Now()) {
+			sent++
+			break
+		}
+	}
+	if s.client.pending == 0 {
+		t.Fatalf("after %d frames serve handed off with nothing pending (buffered %d), want a partial write", sent, s.client.br.Buffered())
+	}
+	if s.backend.mu.TryLock() {
+		t.Fatal("backend leg unlocked while frames for it are pending")
+	}
+	pumped := make(chan struct{})
+	go func() {
+		defer close(pumped)
+		s.pumpLoop(s.client, s.backend)
+	}()
+	// One more frame after the hand-off: the pump relays it after the
+	// pending bytes.
+	if _, err := clientPeer.Write(frame(sent)); err != nil {
+		t.Fatal(err)
+	}
+	sent++
+	br := bufio.NewReader(backendPeer)
+	backendPeer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for seq := range sent {
+		f, err := readRawFrame(br)
+		if err != nil {
+			t.Fatalf("frame %d of %d: %v", seq, sent, err)
+		}
+		want := frame(seq)[8:] // the payload, masked with key
+		for i := range want {
+			want[i] ^= key[i&3]
+		}
+		if f.opcode != 2 || !f.fin || !f.masked || f.key == key || !bytes.Equal(f.payload, want) {
+			t.Fatalf("frame %d: opcode %d fin %v masked %v key %v, payload ok %v; want it whole, in order, re-masked",
+				seq, f.opcode, f.fin, f.masked, f.key, bytes.Equal(f.payload, want))
+		}
+	}
+	clientPeer.Close()
+	select {
+	case <-pumped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("pump did not end after the client closed")
+	}
+	if s.client.messages != int64(sent) {
+		t.Errorf("client messages = %d, want %d", s.client.messages, sent)
+	}
+}
+
+// TestBatchStopsAtHugeFrame: a frame declaring 2^63-1 bytes right after a
+// small one in the same read is not taken for a whole buffered frame (its
+// size overflowed once): the small frame goes out alone, on both the
+// poller's path and the pump's.
+func TestBatchStopsAtHugeFrame(t *testing.T) {
+	key := [4]byte{1, 2, 3, 4}
+	small := makeFrame(0x82, &key, []byte("small"))
+	huge := []byte{0x82, 0x80 | 127}
+	huge = binary.BigEndian.AppendUint64(huge, 1<<63-1)
+	huge = append(huge, key[:]...)
+	huge = append(huge, bytes.Repeat([]byte{'x'}, 1000)...)
+	for _, path := range []string{"poller", "pump"} {
+		t.Run(path, func(t *testing.T) {
+			s, clientPeer, backendPeer := testSession(t)
+			s.client = newLeg("client", s.client.conn, nil, false)
+			s.backend = newLeg("backend", s.backend.conn, nil, true)
+			if _, err := clientPeer.Write(append(bytes.Clone(small), huge...)); err != nil {
+				t.Fatal(err)
+			}
+			if path == "poller" {
+				waitFor(t, "serve read the frames", 5*time.Second, func() bool {
+					return !s.serve(s.client, s.backend, time.Now()) // true: nothing read yet
+				})
+			} else {
+				if !s.relayFrame(s.client, s.backend, &s.client.st) {
+					t.Fatal("relayFrame ended the pump")
+				}
+			}
+			if got := s.client.br.Buffered(); got != len(huge) {
+				t.Errorf("%d bytes left buffered, want the huge frame's %d", got, len(huge))
+			}
+			backendPeer.SetReadDeadline(time.Now().Add(5 * time.Second))
+			f, err := readRawFrame(bufio.NewReader(backendPeer))
+			if err != nil || string(f.payload) != "small" || !f.fin {
+				t.Fatalf("backend got %q fin %v, %v; want the small frame alone", f.payload, f.fin, err)
+			}
+			if s.client.messages != 1 {
+				t.Errorf("client messages = %d, want 1 (the huge frame is not counted yet)", s.client.messages)
+			}
+		})
 	}
 }

@@ -41,10 +41,21 @@ type leg struct {
 	st  pumpState // the message in progress on this leg
 	// park: the pump found the leg idle for parkAfter and should park it.
 	park   bool
-	parkID uint64 // guarded by the poller's mutex
+	pl     *poller // the session's poller, nil if legs cannot park
+	parkID uint64  // guarded by the poller's mutex
+	// pending: this many buffered bytes of br are frames prepared for
+	// the other leg, whose mu is locked until the pump writes them (see
+	// serve). Used by whoever reads this leg.
+	pending int
 	// masked: frames written to this leg are masked (wsgate is the client
 	// of the backend); frames read from the other leg then arrive masked.
 	masked bool
+
+	// State of one writeNow call, shared with its callback.
+	onWriteNow func(fd uintptr) // l.writeNowFd, bound once
+	wp         []byte
+	wn         int
+	werr       error
 
 	mu sync.Mutex // guards writes to conn and the fields below
 	// closeSent: a close frame is out (or reserved, see reserveClose),
@@ -73,6 +84,7 @@ type session struct {
 	remote  string // client address, for logs
 	target  string // backend address, for logs
 	start   time.Time
+	pl      *poller // where this session's legs park
 
 	deflate    bool // permessage-deflate negotiated: RSV1 allowed on data frames
 	maxMessage int64
@@ -83,13 +95,15 @@ type session struct {
 	// closeBy is 0 while the session is open; once the closing handshake
 	// starts it holds the unix nanoseconds by which both legs must be
 	// done, and every read deadline is set to it.
-	closeBy   atomic.Int64
-	endMu     sync.Mutex
-	started   bool        // guarded by endMu: client is set and the pumps run
-	goingAway bool        // guarded by endMu: Drain asked for 1001 before the start
-	pumpsRun  int         // guarded by endMu
-	force     *time.Timer // guarded by endMu
-	ended     bool        // guarded by endMu: conns are closed
+	closeBy atomic.Int64
+	// connsClosed is set once closeConns runs (before it unparks legs).
+	connsClosed atomic.Bool
+	endMu       sync.Mutex
+	started     bool        // guarded by endMu: client is set and the pumps run
+	goingAway   bool        // guarded by endMu: Drain asked for 1001 before the start
+	pumpsRun    int         // guarded by endMu
+	force       *time.Timer // guarded by endMu
+	ended       bool        // guarded by endMu: conns are closed
 }
 
 // run starts relaying frames both ways; the session ends (connections
@@ -99,8 +113,12 @@ type session struct {
 // before the connection was handed over.
 func (s *session) run(client net.Conn, early []byte) {
 	s.lastActive.Store(time.Now().UnixNano())
+	s.pl = pickPoller()
+	s.backend.pl = s.pl
+	cl := newLeg("client", client, early, false)
+	cl.pl = s.pl
 	s.endMu.Lock()
-	s.client = newLeg("client", client, early, false)
+	s.client = cl
 	s.started = true
 	s.pumpsRun = 2
 	away, ended := s.goingAway, s.ended
@@ -141,6 +159,9 @@ func (s *session) pumpLoop(src, dst *leg) {
 			s.pumpReturned()
 		}
 	}()
+	if src.pending > 0 {
+		s.finishPending(src, dst)
+	}
 	for {
 		if !s.relayFrame(src, dst, &src.st) {
 			s.pumpReturned()
@@ -153,6 +174,32 @@ func (s *session) pumpLoop(src, dst *leg) {
 			}
 		}
 	}
+}
+
+// finishPending writes the frames the poller prepared for dst but could
+// not write without waiting (see serve); dst.mu is locked for it.
+func (s *session) finishPending(src, dst *leg) {
+	defer dst.mu.Unlock()
+	n := src.pending
+	src.pending = 0
+	b, err := src.br.Peek(n) // buffered: Peek does not read
+	if err != nil {
+		dst.breakLocked()
+		return
+	}
+	if s.write > 0 {
+		dst.writeWithinLocked(s.write)
+	}
+	if _, err := dst.conn.Write(b); err != nil {
+		dst.breakLocked()
+	}
+	_, _ = src.br.Discard(n)
+}
+
+// closing reports whether the session's closing handshake has started
+// or its connections are closed.
+func (s *session) closing() bool {
+	return s.closeBy.Load() != 0 || s.connsClosed.Load()
 }
 
 // pumpReturned starts the close-handshake budget for the other pump when
@@ -188,6 +235,7 @@ func (s *session) closeConns() {
 	s.ended = true
 	client := s.client
 	s.endMu.Unlock()
+	s.connsClosed.Store(true)
 	if client != nil {
 		_ = client.conn.Close()
 	}
@@ -248,7 +296,15 @@ type pumpState struct {
 // reports whether the pump goes on.
 func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 	s.setReadDeadline(src)
+	// A leg the poller can relay (both legs plain TCP) goes back to it
+	// as soon as it has nothing to read, rather than after parkAfter.
+	src.br.parkOnBlock = dst.raw != nil && s.canPark(src)
 	h, err := readHeader(src.br)
+	src.br.parkOnBlock = false
+	if err == errWouldBlock {
+		src.park = true
+		return true
+	}
 	if err != nil {
 		var pe *protocolError
 		switch {
@@ -502,23 +558,30 @@ func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState) bool {
 }
 
 // batch prepares the data frames that follow the first n buffered bytes
-// of src and are already complete in its buffer: each is checked and
-// counted like relayFrame does, and re-masked in place toward the
-// backend. It stops at anything relayFrame must handle itself — a
-// control frame, a protocol error, a message over the limit, an
-// incomplete frame — and returns the number of bytes prepared.
+// of src and are already complete in its buffer (see prepare), and
+// returns the number of bytes prepared.
 func (s *session) batch(src, dst *leg, st *pumpState, n int) int {
+	return s.prepare(src, dst, st, src.br.bufferedAfter(n))
+}
+
+// prepare readies the complete data frames at the start of b for dst:
+// each is checked and counted like relayFrame does, and re-masked in
+// place toward the backend. It stops at anything relayFrame must handle
+// itself — a control frame, a protocol error, a message over the limit,
+// an incomplete frame — and returns the number of bytes prepared. The
+// caller holds dst.mu and has checked that dst is open.
+func (s *session) prepare(src, dst *leg, st *pumpState, b []byte) int {
 	added := 0
 	for {
-		rest := src.br.bufferedAfter(n + added)
+		rest := b[added:]
 		h, ok, err := parseHeader(rest)
 		if !ok || err != nil || h.isControl() || s.check(&h, st) != nil {
 			return added
 		}
-		size := int64(h.size) + h.length
-		if size > int64(len(rest)) {
+		if h.length > int64(len(rest)-h.size) { // declared lengths reach 2^63-1
 			return added
 		}
+		size := int64(h.size) + h.length
 		msg := h.length
 		if h.opcode == opContinuation {
 			msg = addLength(st.msgSize, h.length)
