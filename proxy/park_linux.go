@@ -349,6 +349,7 @@ func (s *session) serve(src, dst *leg, now time.Time) bool {
 	k := s.prepare(src, dst, &src.st, b)
 	if k == 0 {
 		dst.mu.Unlock()
+		src.streamed = src.streamed || full || incompleteFrame(b)
 		return false
 	}
 	s.lastActive.Store(now.UnixNano())
@@ -367,10 +368,19 @@ func (s *session) serve(src, dst *leg, now time.Time) bool {
 	}
 	dst.mu.Unlock()
 	if full || br.Buffered() > 0 {
+		src.streamed = src.streamed || full || incompleteFrame(br.bufferedAfter(0))
 		return false
 	}
 	br.release()
 	return true
+}
+
+// incompleteFrame reports whether b starts with a frame (or header) that
+// is not all there: a frame larger than one read, which a pump goroutine
+// streams.
+func incompleteFrame(b []byte) bool {
+	h, ok, err := parseHeader(b)
+	return err == nil && (!ok || h.length > int64(len(b)-h.size))
 }
 
 // sweep resumes parked pumps whose session has a deadline due: the idle

@@ -47,6 +47,10 @@ type leg struct {
 	// the other leg, whose mu is locked until the pump writes them (see
 	// serve). Used by whoever reads this leg.
 	pending int
+	// streamed: this leg carried a frame larger than what one read
+	// holds, so its pump keeps its goroutine until the leg has been idle
+	// for parkAfter (see relayFrame). Used by whoever reads this leg.
+	streamed bool
 	// masked: frames written to this leg are masked (wsgate is the client
 	// of the backend); frames read from the other leg then arrive masked.
 	masked bool
@@ -169,6 +173,7 @@ func (s *session) pumpLoop(src, dst *leg) {
 		}
 		if src.park {
 			src.park = false
+			src.streamed = false // idle, or small frames only: the poller may have it
 			if s.park(src, dst) {
 				return
 			}
@@ -297,8 +302,11 @@ type pumpState struct {
 func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 	s.setReadDeadline(src)
 	// A leg the poller can relay (both legs plain TCP) goes back to it
-	// as soon as it has nothing to read, rather than after parkAfter.
-	src.br.parkOnBlock = dst.raw != nil && s.canPark(src)
+	// as soon as it has nothing to read, rather than after parkAfter,
+	// unless it carries frames larger than one read: the poller would
+	// hand those straight back, a goroutine and two epoll updates per
+	// message (-8% msgs/s on 64 KiB echo).
+	src.br.parkOnBlock = !src.streamed && dst.raw != nil && s.canPark(src)
 	h, err := readHeader(src.br)
 	src.br.parkOnBlock = false
 	if err == errWouldBlock {
@@ -516,6 +524,7 @@ func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState) bool {
 		}
 		return true
 	}
+	src.streamed = true
 	dst.wbuf = appendHeader(dst.wbuf[:0], h)
 	if _, err := src.br.Discard(h.size); err != nil {
 		return false
