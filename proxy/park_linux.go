@@ -244,7 +244,12 @@ func (p *poller) loop() {
 		}
 		for i := range p.n {
 			ev := &p.events[i]
-			p.dispatch(uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32, now)
+			// The peer's FIN (or an error) may come in the same event
+			// as its last data; with edge-triggered events it is
+			// reported only once, so such a leg goes to its goroutine
+			// after the data, which reads the end.
+			end := ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0
+			p.dispatch(uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32, end, now)
 		}
 		p.n = 0
 		if !now.Before(sweepAt) {
@@ -276,7 +281,7 @@ func (p *poller) readEvents(fd uintptr) bool {
 // dispatch handles an event for the leg parked under id, if it is still
 // parked: a relaying leg is served here and stays parked unless it needs
 // its goroutine; any other resumes its pump.
-func (p *poller) dispatch(id uint64, now time.Time) {
+func (p *poller) dispatch(id uint64, end bool, now time.Time) {
 	p.mu.Lock()
 	pp, ok := p.parked[id]
 	delete(p.parked, id)
@@ -288,11 +293,12 @@ func (p *poller) dispatch(id uint64, now time.Time) {
 		go pp.s.pumpLoop(pp.src, pp.dst)
 		return
 	}
-	if p.serveSafely(pp, now) {
+	if p.serveSafely(pp, now) && !end {
 		p.mu.Lock()
-		// closeConns sets connsClosed before it looks for parked legs:
-		// either it finds this one, or this check sees the flag.
-		if !pp.s.closing() {
+		// closeConns sets connsClosed, and breakLocked sets dead, before
+		// they look for parked legs: either they find this one, or this
+		// check sees the flag.
+		if !pp.s.closing() && !pp.src.dead.Load() {
 			p.parked[id] = pp
 			p.mu.Unlock()
 			return

@@ -307,3 +307,47 @@ func TestBatchStopsAtHugeFrame(t *testing.T) {
 		})
 	}
 }
+
+// TestPollerSeesEndAfterData: a client that sends a frame and at once
+// half-closes (no close frame) is noticed although its data and its FIN
+// come in one readiness event: the backend gets the frame, then 1001.
+func TestPollerSeesEndAfterData(t *testing.T) {
+	const n = 20
+	results := make(chan error, 2*n)
+	backend := startWSBackend(t, nil, func(c *websocket.Conn) {
+		_, msg, err := c.ReadMessage()
+		if err == nil && string(msg) != "last words" {
+			err = fmt.Errorf("message %q", msg)
+		}
+		results <- err
+		results <- readUntilError(c)
+	})
+	p := startProxy(t, wsRoute(upstream(backend)))
+	clients := make([]*rawWS, n)
+	for i := range clients {
+		clients[i] = dialRaw(t, p.addr, "/", nil)
+	}
+	waitFor(t, "every leg parked", 10*time.Second, func() bool { return parkedLegs(p.h) == 2*n })
+	for _, w := range clients {
+		w.send(0x81, []byte("last words"))
+		if err := w.c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The idle timeout is an hour: only noticing each FIN ends the wait.
+	frames, away := 0, 0
+	for range 2 * n {
+		err := recvErr(t, "the frames and the ends", results, 10*time.Second)
+		switch code, _ := closeCode(err); {
+		case err == nil:
+			frames++
+		case code == websocket.CloseGoingAway:
+			away++
+		default:
+			t.Errorf("backend read %v, want the frame, then close 1001", err)
+		}
+	}
+	if frames != n || away != n {
+		t.Errorf("backends read %d frames and %d closes 1001, want %d of each", frames, away, n)
+	}
+}

@@ -47,6 +47,8 @@ type leg struct {
 	// the other leg, whose mu is locked until the pump writes them (see
 	// serve). Used by whoever reads this leg.
 	pending int
+	// dead: breakLocked closed conn (set before it unparks the leg).
+	dead atomic.Bool
 	// streamed: this leg carried a frame larger than what one read
 	// holds, so its pump keeps its goroutine until the leg has been idle
 	// for parkAfter (see relayFrame). Used by whoever reads this leg.
@@ -791,6 +793,7 @@ func (l *leg) writeControl(opcode byte, p []byte, timeout time.Duration) error {
 // other peer (sourceGone). l.mu must be held.
 func (l *leg) breakLocked() {
 	l.closeSent = true
+	l.dead.Store(true)
 	_ = l.conn.Close()
 	unparkLeg(l) // a parked pump on l would never hear of the close
 }
