@@ -51,7 +51,7 @@ func newHostClient(up *routes.Upstream, t routes.Target) *fasthttp.HostClient {
 			if err != nil {
 				return nil, err
 			}
-			return &idleConn{Conn: c, timeout: up.ResponseTimeout}, nil
+			return &idleConn{Conn: newRawTCPConn(c), timeout: up.ResponseTimeout}, nil
 		},
 		MaxConns:                 up.MaxConnections,
 		MaxConnWaitTimeout:       connect,

@@ -150,7 +150,7 @@ func (b *frameReader) readable(fd uintptr) bool {
 		b.acquire()
 		b.rp = (*b.bp)[b.w:]
 	}
-	b.rn, b.rerr = syscall.Read(int(fd), b.rp)
+	b.rn, b.rerr = rawIO(syscall.SYS_READ, fd, b.rp)
 	switch b.rerr {
 	case syscall.EAGAIN:
 		if b.rpooled && b.r == b.w {
@@ -257,7 +257,7 @@ func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
 	l.onWriteNow = l.writeNowFd
 	l.st.fromClient = name == "client"
 	var raw syscall.RawConn
-	if tc, ok := conn.(*net.TCPConn); ok {
+	if tc, ok := tcpConn(conn); ok {
 		if rc, err := tc.SyscallConn(); err == nil {
 			raw = rc
 		}

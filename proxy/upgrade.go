@@ -249,8 +249,12 @@ func takeBuffered(br *bufio.Reader) []byte {
 func dialTarget(bctx context.Context, up *routes.Upstream, t *target) (net.Conn, error) {
 	d := net.Dialer{Timeout: up.ConnectTimeout}
 	conn, err := d.DialContext(bctx, "tcp", t.Addr)
-	if err != nil || !t.TLS() {
-		return conn, err
+	if err != nil {
+		return nil, err
+	}
+	conn = newRawTCPConn(conn)
+	if !t.TLS() {
+		return conn, nil
 	}
 	cfg := up.TLS
 	if cfg == nil {

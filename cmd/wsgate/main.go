@@ -208,6 +208,9 @@ func start(cfg *config.Config, log *slog.Logger, accessLog bool) (*gateway, erro
 		}
 		listeners = append(listeners, ln)
 		addr := ln.Addr().String()
+		if l.Builtin == "" {
+			ln = proxy.Listener(ln) // raw socket I/O on Linux
+		}
 		isTLS := l.TLS != nil
 		if isTLS {
 			pairs := make([]wstls.Pair, len(l.TLS.Certificates))

@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// maxRawWrite bounds one raw write(2): the runtime does not know a raw
+// system call is running, so none may take long (see rawIO).
+const maxRawWrite = 256 << 10
+
+// rawTCPConn is a TCP connection whose reads and writes are raw system
+// calls on its non-blocking socket, waiting for readiness through the
+// runtime's poller (RawConn.Read and Write) only when one would block.
+// With GOMAXPROCS=1 a plain net.Conn write of a large buffer (loopback
+// delivery runs in the sender) outlives sysmon's 20 µs tick: the P is
+// handed to another thread and back, a context switch or two per write.
+// Deadlines, close and the other methods are the TCPConn's.
+type rawTCPConn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+
+	rmu    sync.Mutex // one Read at a time; guards the fields below
+	rp     []byte
+	rn     int
+	rerr   error
+	onRead func(fd uintptr) bool
+
+	wmu     sync.Mutex // one Write at a time; guards the fields below
+	wp      []byte
+	wn      int
+	werr    error
+	onWrite func(fd uintptr) bool
+}
+
+// newRawTCPConn wraps c when it is a *net.TCPConn, else returns c.
+func newRawTCPConn(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	r := &rawTCPConn{TCPConn: tc, rc: rc}
+	r.onRead, r.onWrite = r.readFd, r.writeFd
+	return r
+}
+
+// tcpConn returns the *net.TCPConn under c, if there is one.
+func tcpConn(c net.Conn) (*net.TCPConn, bool) {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return c, true
+	case *rawTCPConn:
+		return c.TCPConn, true
+	}
+	return nil, false
+}
+
+func (c *rawTCPConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.rp, c.rn, c.rerr = p, 0, nil
+	err := c.rc.Read(c.onRead)
+	n, rerr := c.rn, c.rerr
+	c.rp, c.rerr = nil, nil
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, rerr
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (c *rawTCPConn) readFd(fd uintptr) bool {
+	n, err := rawIO(syscall.SYS_READ, fd, c.rp)
+	if err == syscall.EAGAIN {
+		return false
+	}
+	c.rn, c.rerr = n, err
+	return true
+}
+
+func (c *rawTCPConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wp, c.wn, c.werr = p, 0, nil
+	err := c.rc.Write(c.onWrite)
+	n, werr := c.wn, c.werr
+	c.wp, c.werr = nil, nil
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+func (c *rawTCPConn) writeFd(fd uintptr) bool {
+	for c.wn < len(c.wp) {
+		n, err := rawIO(syscall.SYS_WRITE, fd, c.wp[c.wn:min(len(c.wp), c.wn+maxRawWrite)])
+		if err == syscall.EAGAIN {
+			return false
+		}
+		if err != nil {
+			c.werr = err
+			return true
+		}
+		c.wn += n
+	}
+	return true
+}

@@ -1,0 +1,14 @@
+//go:build !linux
+
+package proxy
+
+import "net"
+
+// newRawTCPConn returns c: raw socket I/O is used on Linux only.
+func newRawTCPConn(c net.Conn) net.Conn { return c }
+
+// tcpConn returns the *net.TCPConn under c, if there is one.
+func tcpConn(c net.Conn) (*net.TCPConn, bool) {
+	tc, ok := c.(*net.TCPConn)
+	return tc, ok
+}
