@@ -253,15 +253,17 @@ func (b *frameReader) release() { b.releaseIfEmpty() }
 // newLeg returns a leg reading conn. early holds bytes already read from
 // it (fasthttp's buffer, or the handshake reader's) that come first.
 func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
-	l := &leg{name: name, conn: conn, masked: masked}
-	l.onWriteNow = l.writeNowFd
-	l.st.fromClient = name == "client"
 	var raw syscall.RawConn
 	if tc, ok := tcpConn(conn); ok {
 		if rc, err := tc.SyscallConn(); err == nil {
-			raw = rc
+			// The leg does raw I/O itself (see write): it keeps the
+			// bare TCPConn, not a rawTCPConn and its per-call state.
+			conn, raw = tc, rc
 		}
 	}
+	l := &leg{name: name, conn: conn, masked: masked}
+	l.onWriteNow, l.onWrite = l.writeNowFd, l.writeFd
+	l.st.fromClient = name == "client"
 	l.raw = raw
 	l.br = newFrameReader(conn, raw, early)
 	return l
@@ -284,6 +286,43 @@ func (l *leg) writeNow(p []byte) (int, error) {
 func (l *leg) writeNowFd(fd uintptr) {
 	l.wn, l.werr = rawIO(syscall.SYS_WRITE, fd, l.wp)
 }
+
+// write writes all of p to l, within the write deadline set on conn: on
+// a plain TCP leg with raw system calls, waiting through the runtime's
+// poller only while the socket is full (see rawTCPConn). l.mu held, or
+// the leg's close reserved.
+func (l *leg) write(p []byte) (int, error) {
+	if l.raw == nil {
+		return l.conn.Write(p)
+	}
+	l.wp, l.wn, l.werr = p, 0, nil
+	err := l.raw.Write(l.onWrite)
+	n, werr := l.wn, l.werr
+	l.wp, l.wn, l.werr = nil, 0, nil
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+func (l *leg) writeFd(fd uintptr) bool {
+	for l.wn < len(l.wp) {
+		n, err := rawIO(syscall.SYS_WRITE, fd, l.wp[l.wn:min(len(l.wp), l.wn+maxRawWrite)])
+		if err == syscall.EAGAIN {
+			return false
+		}
+		if err != nil {
+			l.werr = err
+			return true
+		}
+		l.wn += n
+	}
+	return true
+}
+
+// maxRawWrite bounds one raw write(2): the runtime does not know a raw
+// system call is running, so none may take long (see rawIO).
+const maxRawWrite = 256 << 10
 
 // rawIO is read(2) or write(2) on a non-blocking socket, as a raw system
 // call: it cannot block, so it skips the runtime's syscall bookkeeping,

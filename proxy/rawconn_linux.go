@@ -7,10 +7,6 @@ import (
 	"syscall"
 )
 
-// maxRawWrite bounds one raw write(2): the runtime does not know a raw
-// system call is running, so none may take long (see rawIO).
-const maxRawWrite = 256 << 10
-
 // rawTCPConn is a TCP connection whose reads and writes are raw system
 // calls on its non-blocking socket, waiting for readiness through the
 // runtime's poller (RawConn.Read and Write) only when one would block.

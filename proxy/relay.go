@@ -58,7 +58,8 @@ type leg struct {
 	masked bool
 
 	// State of one writeNow call, shared with its callback.
-	onWriteNow func(fd uintptr) // l.writeNowFd, bound once
+	onWriteNow func(fd uintptr)      // l.writeNowFd, bound once
+	onWrite    func(fd uintptr) bool // l.writeFd, bound once
 	wp         []byte
 	wn         int
 	werr       error
@@ -197,7 +198,7 @@ func (s *session) finishPending(src, dst *leg) {
 	if s.write > 0 {
 		dst.writeWithinLocked(s.write)
 	}
-	if _, err := dst.conn.Write(b); err != nil {
+	if _, err := dst.write(b); err != nil {
 		dst.breakLocked()
 	}
 	_, _ = src.br.Discard(n)
@@ -519,7 +520,7 @@ func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState) bool {
 		// sent as many frames, or a burst), go out in the same write.
 		total += s.batch(src, dst, st, total)
 		b, _ = src.br.Peek(total)
-		_, werr := dst.conn.Write(b)
+		_, werr := dst.write(b)
 		_, _ = src.br.Discard(total)
 		if werr != nil {
 			dst.breakLocked()
@@ -531,7 +532,7 @@ func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState) bool {
 	if _, err := src.br.Discard(h.size); err != nil {
 		return false
 	}
-	_, werr := dst.conn.Write(dst.wbuf)
+	_, werr := dst.write(dst.wbuf)
 	if werr != nil {
 		dst.breakLocked()
 	}
@@ -558,7 +559,7 @@ func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState) bool {
 		if dst.masked {
 			pos = maskBytes(xor, pos, buf[:m])
 		}
-		if _, werr = dst.conn.Write(buf[:m]); werr != nil {
+		if _, werr = dst.write(buf[:m]); werr != nil {
 			dst.breakLocked()
 		} else if s.write > 0 {
 			dst.writeWithinLocked(s.write)
@@ -763,7 +764,7 @@ func (l *leg) writeClose(code uint16, reason string) {
 	var buf [maxFrameHeader + maxControlPayload]byte
 	b := appendCloseFrame(buf[:0], code, reason, l.masked, newMaskKey())
 	_ = l.conn.SetWriteDeadline(time.Now().Add(closeWait))
-	if _, err := l.conn.Write(b); err != nil {
+	if _, err := l.write(b); err != nil {
 		_ = l.conn.Close()
 	}
 }
@@ -780,7 +781,7 @@ func (l *leg) writeControl(opcode byte, p []byte, timeout time.Duration) error {
 		timeout = closeWait
 	}
 	l.writeWithinLocked(timeout)
-	_, err := l.conn.Write(l.wbuf)
+	_, err := l.write(l.wbuf)
 	if err != nil {
 		l.breakLocked()
 	}
