@@ -8,7 +8,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
 // readBufferSize is a leg's read buffer. A frame that fits in it (header
@@ -150,7 +149,7 @@ func (b *frameReader) readable(fd uintptr) bool {
 		b.acquire()
 		b.rp = (*b.bp)[b.w:]
 	}
-	b.rn, b.rerr = rawIO(syscall.SYS_READ, fd, b.rp)
+	b.rn, b.rerr = rawIO(sysRead, fd, b.rp)
 	switch b.rerr {
 	case syscall.EAGAIN:
 		if b.rpooled && b.r == b.w {
@@ -194,7 +193,7 @@ func (b *frameReader) readNow() (int, error) {
 }
 
 func (b *frameReader) readNowFd(fd uintptr) {
-	b.rn, b.rerr = rawIO(syscall.SYS_READ, fd, b.rp)
+	b.rn, b.rerr = rawIO(sysRead, fd, b.rp)
 }
 
 // Peek returns the next n bytes without consuming them, waiting until
@@ -254,7 +253,7 @@ func (b *frameReader) release() { b.releaseIfEmpty() }
 // it (fasthttp's buffer, or the handshake reader's) that come first.
 func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
 	var raw syscall.RawConn
-	if tc, ok := tcpConn(conn); ok {
+	if tc, ok := tcpConn(conn); ok && rawSockets {
 		if rc, err := tc.SyscallConn(); err == nil {
 			// The leg does raw I/O itself (see write): it keeps the
 			// bare TCPConn, not a rawTCPConn and its per-call state.
@@ -284,7 +283,7 @@ func (l *leg) writeNow(p []byte) (int, error) {
 }
 
 func (l *leg) writeNowFd(fd uintptr) {
-	l.wn, l.werr = rawIO(syscall.SYS_WRITE, fd, l.wp)
+	l.wn, l.werr = rawIO(sysWrite, fd, l.wp)
 }
 
 // write writes all of p to l, within the write deadline set on conn: on
@@ -307,7 +306,7 @@ func (l *leg) write(p []byte) (int, error) {
 
 func (l *leg) writeFd(fd uintptr) bool {
 	for l.wn < len(l.wp) {
-		n, err := rawIO(syscall.SYS_WRITE, fd, l.wp[l.wn:min(len(l.wp), l.wn+maxRawWrite)])
+		n, err := rawIO(sysWrite, fd, l.wp[l.wn:min(len(l.wp), l.wn+maxRawWrite)])
 		if err == syscall.EAGAIN {
 			return false
 		}
@@ -323,26 +322,6 @@ func (l *leg) writeFd(fd uintptr) bool {
 // maxRawWrite bounds one raw write(2): the runtime does not know a raw
 // system call is running, so none may take long (see rawIO).
 const maxRawWrite = 256 << 10
-
-// rawIO is read(2) or write(2) on a non-blocking socket, as a raw system
-// call: it cannot block, so it skips the runtime's syscall bookkeeping,
-// which on a busy poller made the scheduler hand its P to another thread
-// in the middle of a loopback write (a context switch per write).
-func rawIO(trap uintptr, fd uintptr, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	for {
-		n, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch e {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return 0, e
-	}
-}
 
 // unwrapHijacked returns the connection under fasthttp's hijacked conn and
 // the bytes fasthttp had already read past the request (a client may send

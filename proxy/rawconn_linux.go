@@ -79,7 +79,7 @@ func (c *rawTCPConn) Read(p []byte) (int, error) {
 }
 
 func (c *rawTCPConn) readFd(fd uintptr) bool {
-	n, err := rawIO(syscall.SYS_READ, fd, c.rp)
+	n, err := rawIO(sysRead, fd, c.rp)
 	if err == syscall.EAGAIN {
 		return false
 	}
@@ -102,7 +102,7 @@ func (c *rawTCPConn) Write(p []byte) (int, error) {
 
 func (c *rawTCPConn) writeFd(fd uintptr) bool {
 	for c.wn < len(c.wp) {
-		n, err := rawIO(syscall.SYS_WRITE, fd, c.wp[c.wn:min(len(c.wp), c.wn+maxRawWrite)])
+		n, err := rawIO(sysWrite, fd, c.wp[c.wn:min(len(c.wp), c.wn+maxRawWrite)])
 		if err == syscall.EAGAIN {
 			return false
 		}
