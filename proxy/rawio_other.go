@@ -1,10 +1,10 @@
-//go:build !unix
+//go:build !linux
 
 package proxy
 
-import "syscall"
+import "errors"
 
-// rawSockets: elsewhere legs read and write through their net.Conn (and
+// rawSockets: off Linux legs read and write through their net.Conn (and
 // keep their read buffer); rawIO is never called.
 const rawSockets = false
 
@@ -13,4 +13,6 @@ const (
 	sysWrite = 1
 )
 
-func rawIO(trap uintptr, fd uintptr, p []byte) (int, error) { return 0, syscall.EWINDOWS }
+func rawIO(trap uintptr, fd uintptr, p []byte) (int, error) {
+	return 0, errors.New("raw socket I/O is used on Linux only")
+}
