@@ -103,15 +103,21 @@ func (b *frameReader) releaseIfEmpty() {
 
 // fill reads more bytes into the buffer, waiting for them if needed.
 func (b *frameReader) fill() error {
+	n, err := b.readInto(b.room(), true)
+	b.w += n
+	return err
+}
+
+// room takes a buffer if the reader has none, moves the buffered bytes to
+// its start, and returns the free space after them.
+func (b *frameReader) room() []byte {
 	b.acquire()
 	buf := *b.bp
 	if b.r > 0 {
 		b.w = copy(buf, buf[b.r:b.w])
 		b.r = 0
 	}
-	n, err := b.readInto(buf[b.w:], true)
-	b.w += n
-	return err
+	return buf[b.w:]
 }
 
 // readInto reads into p: early bytes first, then the connection. With
@@ -173,13 +179,7 @@ func (b *frameReader) readable(fd uintptr) bool {
 // waiting (the poller knows it is readable). It returns what read(2)
 // returned: syscall.EAGAIN when there was nothing after all.
 func (b *frameReader) readNow() (int, error) {
-	b.acquire()
-	buf := *b.bp
-	if b.r > 0 {
-		b.w = copy(buf, buf[b.r:b.w])
-		b.r = 0
-	}
-	b.rp = buf[b.w:]
+	b.rp = b.room()
 	err := b.raw.Control(b.onReadNow)
 	n, rerr := b.rn, b.rerr
 	b.rp, b.rn, b.rerr = nil, 0, nil
@@ -261,60 +261,77 @@ func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
 		}
 	}
 	l := &leg{name: name, conn: conn, masked: masked}
-	l.onWriteNow, l.onWrite = l.writeNowFd, l.writeFd
+	l.rw.init()
+	l.onWriteNow = func(fd uintptr) { l.rw.writeFd(fd) }
 	l.st.fromClient = name == "client"
 	l.raw = raw
 	l.br = newFrameReader(conn, raw, early)
 	return l
 }
 
-// writeNow writes p to a plain TCP leg with one non-blocking write(2)
-// and returns what it wrote: syscall.EAGAIN (or fewer bytes) when the
-// socket buffer is full. l.mu held.
+// writeNow writes p to a plain TCP leg without waiting (the socket is
+// known writable) and returns what it wrote: fewer bytes, with
+// syscall.EAGAIN or no error, when the socket buffer is full. Write
+// deadlines do not apply. l.mu held.
 func (l *leg) writeNow(p []byte) (int, error) {
-	l.wp = p
+	l.rw.p = p
 	err := l.raw.Control(l.onWriteNow)
-	n, werr := l.wn, l.werr
-	l.wp, l.wn, l.werr = nil, 0, nil
-	if err != nil {
-		return 0, err
-	}
-	return max(n, 0), werr
-}
-
-func (l *leg) writeNowFd(fd uintptr) {
-	l.wn, l.werr = rawIO(sysWrite, fd, l.wp)
+	return l.rw.done(err)
 }
 
 // write writes all of p to l, within the write deadline set on conn: on
 // a plain TCP leg with raw system calls, waiting through the runtime's
-// poller only while the socket is full (see rawTCPConn). l.mu held, or
-// the leg's close reserved.
+// poller only while the socket is full. l.mu held, or the leg's close
+// reserved.
 func (l *leg) write(p []byte) (int, error) {
 	if l.raw == nil {
 		return l.conn.Write(p)
 	}
-	l.wp, l.wn, l.werr = p, 0, nil
-	err := l.raw.Write(l.onWrite)
-	n, werr := l.wn, l.werr
-	l.wp, l.wn, l.werr = nil, 0, nil
+	return l.rw.write(l.raw, p)
+}
+
+// rawWriter is the state of one write through a RawConn with raw
+// write(2) calls (see rawIO), shared with its callback so that a write
+// allocates nothing. Used by legs and rawTCPConn; one write at a time.
+type rawWriter struct {
+	p       []byte
+	n       int
+	err     error
+	onWrite func(fd uintptr) bool // w.writeFd, bound once by init
+}
+
+func (w *rawWriter) init() { w.onWrite = w.writeFd }
+
+// write writes all of p, waiting through the runtime's poller (and within
+// the connection's write deadline) while the socket is full.
+func (w *rawWriter) write(rc syscall.RawConn, p []byte) (int, error) {
+	w.p = p
+	return w.done(rc.Write(w.onWrite))
+}
+
+// done returns the result of the write that ended with err and resets w.
+func (w *rawWriter) done(err error) (int, error) {
+	n := w.n
 	if err == nil {
-		err = werr
+		err = w.err
 	}
+	w.p, w.n, w.err = nil, 0, nil
 	return n, err
 }
 
-func (l *leg) writeFd(fd uintptr) bool {
-	for l.wn < len(l.wp) {
-		n, err := rawIO(sysWrite, fd, l.wp[l.wn:min(len(l.wp), l.wn+maxRawWrite)])
+// writeFd writes what is left of p until it is all written, the socket is
+// full (it reports false: wait for writability) or an error.
+func (w *rawWriter) writeFd(fd uintptr) bool {
+	for w.n < len(w.p) {
+		n, err := rawIO(sysWrite, fd, w.p[w.n:min(len(w.p), w.n+maxRawWrite)])
 		if err == syscall.EAGAIN {
 			return false
 		}
 		if err != nil {
-			l.werr = err
+			w.err = err
 			return true
 		}
-		l.wn += n
+		w.n += n
 	}
 	return true
 }

@@ -24,11 +24,8 @@ type rawTCPConn struct {
 	rerr   error
 	onRead func(fd uintptr) bool
 
-	wmu     sync.Mutex // one Write at a time; guards the fields below
-	wp      []byte
-	wn      int
-	werr    error
-	onWrite func(fd uintptr) bool
+	wmu sync.Mutex // one Write at a time; guards w
+	w   rawWriter
 }
 
 // newRawTCPConn wraps c when it is a *net.TCPConn, else returns c.
@@ -42,7 +39,8 @@ func newRawTCPConn(c net.Conn) net.Conn {
 		return c
 	}
 	r := &rawTCPConn{TCPConn: tc, rc: rc}
-	r.onRead, r.onWrite = r.readFd, r.writeFd
+	r.onRead = r.readFd
+	r.w.init()
 	return r
 }
 
@@ -90,27 +88,5 @@ func (c *rawTCPConn) readFd(fd uintptr) bool {
 func (c *rawTCPConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.wp, c.wn, c.werr = p, 0, nil
-	err := c.rc.Write(c.onWrite)
-	n, werr := c.wn, c.werr
-	c.wp, c.werr = nil, nil
-	if err == nil {
-		err = werr
-	}
-	return n, err
-}
-
-func (c *rawTCPConn) writeFd(fd uintptr) bool {
-	for c.wn < len(c.wp) {
-		n, err := rawIO(sysWrite, fd, c.wp[c.wn:min(len(c.wp), c.wn+maxRawWrite)])
-		if err == syscall.EAGAIN {
-			return false
-		}
-		if err != nil {
-			c.werr = err
-			return true
-		}
-		c.wn += n
-	}
-	return true
+	return c.w.write(c.rc, p)
 }

@@ -57,12 +57,9 @@ type leg struct {
 	// of the backend); frames read from the other leg then arrive masked.
 	masked bool
 
-	// State of one writeNow call, shared with its callback.
-	onWriteNow func(fd uintptr)      // l.writeNowFd, bound once
-	onWrite    func(fd uintptr) bool // l.writeFd, bound once
-	wp         []byte
-	wn         int
-	werr       error
+	// State of one write or writeNow call on a plain TCP leg.
+	rw         rawWriter
+	onWriteNow func(fd uintptr) // l.rw.writeFd for RawConn.Control, bound once
 
 	mu sync.Mutex // guards writes to conn and the fields below
 	// closeSent: a close frame is out (or reserved, see reserveClose),
