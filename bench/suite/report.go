@@ -294,19 +294,11 @@ func (r *report) checks() []check {
 			c.Ratio = w / c.Ref
 			c.Need = "≥ 1.20"
 			c.Pass = w >= 1.2*c.Ref
-		case "haproxy":
-			if !need("haproxy") {
+		case "haproxy", "nginx": // no worse than this reference
+			if !need(s.vs) {
 				break
 			}
-			c.RefName, c.Ref = "haproxy", refVals["haproxy"]
-			c.Ratio = w / c.Ref
-			c.Need = "≤ 1.00"
-			c.Pass = w <= c.Ref
-		case "nginx":
-			if !need("nginx") {
-				break
-			}
-			c.RefName, c.Ref = "nginx", refVals["nginx"]
+			c.RefName, c.Ref = s.vs, refVals[s.vs]
 			c.Ratio = w / c.Ref
 			c.Need = "≤ 1.00"
 			c.Pass = w <= c.Ref
