@@ -449,6 +449,7 @@ func (r *report) markdown() string {
 	p("bench/run.sh --quick --out /tmp/b     # ≈1–2 min smoke run (CI); figures not for publishing\n")
 	p("bench/run.sh --repeats 3 --only wsgate,nginx,ws-128   # a subset: targets and/or workloads\n")
 	p("bench/run.sh --rev HEAD                # wsgate as committed, not the working tree\n")
+	p("bench/run.sh --base HEAD --only wsgate,wsgate-base,ws-128   # A/B: the working tree against a commit, in one run\n")
 	p("KEEP_BENCH_TMP=1 bench/run.sh --quick  # keep the generated configs and logs\n```\n\n")
 	p("`run.sh` installs `nginx haproxy caddy wrk` (Debian packages) when missing and it runs as root, builds wsgate, `bench/backend` and `bench/wsload`, raises `ulimit -n`, runs `bench/suite` (flags: `go run ./bench/suite -h`), and kills every process it started on exit; when something fails it keeps the configs and logs and says where. The proxies run as the current user from generated configs in a temp dir; their system services and default configs are never used.\n")
 	return b.String()
