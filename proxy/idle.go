@@ -44,8 +44,8 @@ type frameReader struct {
 	r, w        int     // buffered bytes are (*bp)[r:w]
 
 	// State of one RawConn.Read or readNow call, shared with its callback.
-	onReadable func(fd uintptr) bool // b.readable, bound once
-	onReadNow  func(fd uintptr)      // b.readNowFd, bound once
+	onReadable func(fd uintptr) bool // b.readable, bound on first use
+	onReadNow  func(fd uintptr)      // b.readNowFd, bound on first use
 	rp         []byte
 	rpooled    bool
 	rn         int
@@ -53,10 +53,7 @@ type frameReader struct {
 }
 
 func newFrameReader(conn net.Conn, raw syscall.RawConn, early []byte) *frameReader {
-	b := &frameReader{conn: conn, raw: raw, early: early}
-	b.onReadable = b.readable
-	b.onReadNow = b.readNowFd
-	return b
+	return &frameReader{conn: conn, raw: raw, early: early}
 }
 
 // idle reports whether the reader holds no buffer (and so no bytes).
@@ -133,6 +130,9 @@ func (b *frameReader) readInto(p []byte, pooled bool) (int, error) {
 		return b.conn.Read(p)
 	}
 	b.rp, b.rpooled = p, pooled
+	if b.onReadable == nil {
+		b.onReadable = b.readable
+	}
 	err := b.raw.Read(b.onReadable)
 	n, rerr := b.rn, b.rerr
 	b.rp, b.rn, b.rerr = nil, 0, nil
@@ -148,8 +148,8 @@ func (b *frameReader) readInto(p []byte, pooled bool) (int, error) {
 }
 
 // readable is RawConn.Read's callback: one non-blocking read(2) into rp.
-// It is a method value made once per reader (see newFrameReader), so a
-// read allocates nothing.
+// It is a method value made once per reader (on its first read), so a
+// read allocates nothing and a leg that never waits pays nothing.
 func (b *frameReader) readable(fd uintptr) bool {
 	if b.rpooled && b.bp == nil {
 		b.acquire()
@@ -180,6 +180,9 @@ func (b *frameReader) readable(fd uintptr) bool {
 // returned: syscall.EAGAIN when there was nothing after all.
 func (b *frameReader) readNow() (int, error) {
 	b.rp = b.room()
+	if b.onReadNow == nil {
+		b.onReadNow = b.readNowFd
+	}
 	err := b.raw.Control(b.onReadNow)
 	n, rerr := b.rn, b.rerr
 	b.rp, b.rn, b.rerr = nil, 0, nil
@@ -249,9 +252,10 @@ func (b *frameReader) Read(p []byte) (int, error) {
 // plain TCP leg the next read takes one from the pool again.
 func (b *frameReader) release() { b.releaseIfEmpty() }
 
-// newLeg returns a leg reading conn. early holds bytes already read from
+// newLeg returns a leg reading conn: the backend leg (masked frames are
+// written to it) or the client leg. early holds bytes already read from
 // it (fasthttp's buffer, or the handshake reader's) that come first.
-func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
+func newLeg(conn net.Conn, early []byte, backend bool) *leg {
 	var raw syscall.RawConn
 	if tc, ok := tcpConn(conn); ok && rawSockets {
 		if rc, err := tc.SyscallConn(); err == nil {
@@ -260,11 +264,8 @@ func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
 			conn, raw = tc, rc
 		}
 	}
-	l := &leg{name: name, conn: conn, masked: masked}
-	l.rw.init()
-	l.onWriteNow = func(fd uintptr) { l.rw.writeFd(fd) }
-	l.st.fromClient = name == "client"
-	l.raw = raw
+	l := &leg{conn: conn, masked: backend, raw: raw}
+	l.st.fromClient = !backend
 	l.br = newFrameReader(conn, raw, early)
 	return l
 }
@@ -275,6 +276,9 @@ func newLeg(name string, conn net.Conn, early []byte, masked bool) *leg {
 // deadlines do not apply. l.mu held.
 func (l *leg) writeNow(p []byte) (int, error) {
 	l.rw.p = p
+	if l.onWriteNow == nil {
+		l.onWriteNow = func(fd uintptr) { l.rw.writeFd(fd) }
+	}
 	err := l.raw.Control(l.onWriteNow)
 	return l.rw.done(err)
 }
@@ -297,15 +301,16 @@ type rawWriter struct {
 	p       []byte
 	n       int
 	err     error
-	onWrite func(fd uintptr) bool // w.writeFd, bound once by init
+	onWrite func(fd uintptr) bool // w.writeFd, bound on first use
 }
-
-func (w *rawWriter) init() { w.onWrite = w.writeFd }
 
 // write writes all of p, waiting through the runtime's poller (and within
 // the connection's write deadline) while the socket is full.
 func (w *rawWriter) write(rc syscall.RawConn, p []byte) (int, error) {
 	w.p = p
+	if w.onWrite == nil {
+		w.onWrite = w.writeFd
+	}
 	return w.done(rc.Write(w.onWrite))
 }
 

@@ -33,7 +33,7 @@ const epollET = 1 << 31
 const parking = true
 
 // poller waits for many legs in one epoll instance and one goroutine. A
-// parked leg has no goroutine and no read buffer: it is one map entry.
+// parked leg has no goroutine and no read buffer: it is one 32-byte slot.
 //
 // When both legs of a session are plain TCP, the poller also relays: on
 // readiness it reads the leg once and, when that read holds only whole
@@ -57,9 +57,87 @@ type poller struct {
 	n        int
 	onEvents func(fd uintptr) bool // p.readEvents, bound once
 
-	mu     sync.Mutex
-	parked map[uint64]parkedPump // guarded by mu
-	next   uint64                // guarded by mu
+	mu    sync.Mutex
+	slots parkSlots // guarded by mu
+}
+
+// parkSlots holds the parked legs of a poller in fixed pages of slots
+// rather than a map: a slot costs 32 bytes, and a freed one is reused.
+// A leg parked in slot i carries the id gen<<32|i (in its parkID and in
+// its epoll registration); gen changes every time a slot is taken, so an
+// event that arrives for an earlier occupant of the slot finds no match.
+type parkSlots struct {
+	pages [][]parkedPump
+	free  []uint32 // indexes of empty slots
+	gen   uint32
+}
+
+const parkPage = 256 // slots per page (8 KiB)
+
+// add parks pp in a free slot and returns its id (stored in pp.src.parkID).
+func (ps *parkSlots) add(pp parkedPump) uint64 {
+	var i uint32
+	if n := len(ps.free); n > 0 {
+		i = ps.free[n-1]
+		ps.free = ps.free[:n-1]
+	} else {
+		i = uint32(len(ps.pages) * parkPage)
+		ps.pages = append(ps.pages, make([]parkedPump, parkPage))
+		for j := i + parkPage - 1; j > i; j-- {
+			ps.free = append(ps.free, j)
+		}
+	}
+	ps.gen++
+	id := uint64(ps.gen)<<32 | uint64(i)
+	pp.src.parkID = id
+	*ps.slot(i) = pp
+	return id
+}
+
+func (ps *parkSlots) slot(i uint32) *parkedPump {
+	return &ps.pages[i/parkPage][i%parkPage]
+}
+
+// take empties the slot of id and returns what was parked there, if it
+// still is. The slot stays reserved for put (the leg's epoll registration
+// still carries id) until release frees it.
+func (ps *parkSlots) take(id uint64) (parkedPump, bool) {
+	i := uint32(id)
+	if int(i/parkPage) >= len(ps.pages) {
+		return parkedPump{}, false
+	}
+	sl := ps.slot(i)
+	if sl.src == nil || sl.src.parkID != id {
+		return parkedPump{}, false
+	}
+	pp := *sl
+	*sl = parkedPump{}
+	return pp, true
+}
+
+// put parks pp again in the slot it was taken from.
+func (ps *parkSlots) put(id uint64, pp parkedPump) { *ps.slot(uint32(id)) = pp }
+
+// release frees the (empty) slot of id.
+func (ps *parkSlots) release(id uint64) { ps.free = append(ps.free, uint32(id)) }
+
+// remove takes the leg parked under id out for good.
+func (ps *parkSlots) remove(id uint64) (parkedPump, bool) {
+	pp, ok := ps.take(id)
+	if ok {
+		ps.release(id)
+	}
+	return pp, ok
+}
+
+// removeLeg takes l out for good if it is parked. (Its parkID may be
+// stale, left from an earlier park.)
+func (ps *parkSlots) removeLeg(l *leg) (parkedPump, bool) {
+	i := uint32(l.parkID)
+	if int(i/parkPage) >= len(ps.pages) || ps.slot(i).src != l {
+		return parkedPump{}, false
+	}
+	return ps.remove(l.parkID)
 }
 
 type parkedPump struct {
@@ -120,7 +198,7 @@ func newPoller() (*poller, error) {
 		_ = f.Close()
 		return nil, err
 	}
-	p := &poller{epfd: fd, rc: rc, file: f, parked: map[uint64]parkedPump{}}
+	p := &poller{epfd: fd, rc: rc, file: f}
 	p.onEvents = p.readEvents
 	return p, nil
 }
@@ -136,10 +214,7 @@ func (s *session) park(src, dst *leg) bool {
 	}
 	relay := dst.raw != nil
 	p.mu.Lock()
-	id := p.next
-	p.next++
-	p.parked[id] = parkedPump{s: s, src: src, dst: dst, relay: relay}
-	src.parkID = id
+	id := p.slots.add(parkedPump{s: s, src: src, dst: dst, relay: relay})
 	p.mu.Unlock()
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
 	if relay {
@@ -164,8 +239,7 @@ func (s *session) park(src, dst *leg) bool {
 	if err != nil {
 		// Closed, or epoll refused: keep the pump on its goroutine.
 		p.mu.Lock()
-		_, mine := p.parked[id]
-		delete(p.parked, id)
+		_, mine := p.slots.remove(id)
 		p.mu.Unlock()
 		return !mine // someone already resumed it: this goroutine must go
 	}
@@ -185,8 +259,7 @@ func (s *session) unpark() {
 		if l == nil {
 			continue
 		}
-		if pp, ok := p.parked[l.parkID]; ok && pp.s == s && pp.src == l {
-			delete(p.parked, l.parkID)
+		if pp, ok := p.slots.removeLeg(l); ok {
 			wake = append(wake, pp)
 		}
 	}
@@ -204,12 +277,7 @@ func unparkLeg(l *leg) {
 		return
 	}
 	p.mu.Lock()
-	pp, ok := p.parked[l.parkID]
-	if ok && pp.src == l {
-		delete(p.parked, l.parkID)
-	} else {
-		ok = false
-	}
+	pp, ok := p.slots.removeLeg(l)
 	p.mu.Unlock()
 	if ok {
 		p.handOff(pp)
@@ -283,8 +351,10 @@ func (p *poller) readEvents(fd uintptr) bool {
 // its goroutine; any other resumes its pump.
 func (p *poller) dispatch(id uint64, end bool, now time.Time) {
 	p.mu.Lock()
-	pp, ok := p.parked[id]
-	delete(p.parked, id)
+	pp, ok := p.slots.take(id)
+	if ok && !pp.relay {
+		p.slots.release(id)
+	}
 	p.mu.Unlock()
 	if !ok {
 		return
@@ -299,12 +369,18 @@ func (p *poller) dispatch(id uint64, end bool, now time.Time) {
 		// they look for parked legs: either they find this one, or this
 		// check sees the flag.
 		if !pp.s.closing() && !pp.src.dead.Load() {
-			p.parked[id] = pp
+			p.slots.put(id, pp)
 			p.mu.Unlock()
 			return
 		}
+		p.slots.release(id)
 		p.mu.Unlock()
+		p.handOff(pp)
+		return
 	}
+	p.mu.Lock()
+	p.slots.release(id)
+	p.mu.Unlock()
 	p.handOff(pp)
 }
 
@@ -313,7 +389,7 @@ func (p *poller) dispatch(id uint64, end bool, now time.Time) {
 func (p *poller) serveSafely(pp parkedPump, now time.Time) (stay bool) {
 	defer func() {
 		if v := recover(); v != nil {
-			pp.s.h.log.Error("panic in websocket relay", "route", pp.s.route.Name, "side", pp.src.name,
+			pp.s.h.log.Error("panic in websocket relay", "route", pp.s.route.Name, "side", pp.src.side(),
 				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			pp.s.closeConns()
 			stay = false
@@ -395,10 +471,12 @@ func incompleteFrame(b []byte) bool {
 func (p *poller) sweep(now time.Time) {
 	var wake []parkedPump
 	p.mu.Lock()
-	for id, pp := range p.parked {
-		if pp.s.due(now) {
-			delete(p.parked, id)
-			wake = append(wake, pp)
+	for _, page := range p.slots.pages {
+		for i := range page {
+			if pp := page[i]; pp.src != nil && pp.s.due(now) {
+				p.slots.remove(pp.src.parkID)
+				wake = append(wake, pp)
+			}
 		}
 	}
 	p.mu.Unlock()

@@ -24,9 +24,11 @@ func parkedLegs(h *Handler) int {
 	n := 0
 	for _, p := range pollers {
 		p.mu.Lock()
-		for _, pp := range p.parked {
-			if pp.s.h == h {
-				n++
+		for _, page := range p.slots.pages {
+			for _, pp := range page {
+				if pp.src != nil && pp.s.h == h {
+					n++
+				}
 			}
 		}
 		p.mu.Unlock()
@@ -196,8 +198,8 @@ func TestPollerRelaysFrames(t *testing.T) {
 // before anything else reaches that destination.
 func TestServePartialWrite(t *testing.T) {
 	s, clientPeer, backendPeer := testSession(t)
-	s.client = newLeg("client", s.client.conn, nil, false)
-	s.backend = newLeg("backend", s.backend.conn, nil, true)
+	s.client = newLeg(s.client.conn, nil, false)
+	s.backend = newLeg(s.backend.conn, nil, true)
 	s.pumpsRun = 1
 	// Small socket buffers toward the backend, which does not read yet.
 	if err := s.backend.conn.(*net.TCPConn).SetWriteBuffer(4 << 10); err != nil {
@@ -279,8 +281,8 @@ func TestBatchStopsAtHugeFrame(t *testing.T) {
 	for _, path := range []string{"poller", "pump"} {
 		t.Run(path, func(t *testing.T) {
 			s, clientPeer, backendPeer := testSession(t)
-			s.client = newLeg("client", s.client.conn, nil, false)
-			s.backend = newLeg("backend", s.backend.conn, nil, true)
+			s.client = newLeg(s.client.conn, nil, false)
+			s.backend = newLeg(s.backend.conn, nil, true)
 			if _, err := clientPeer.Write(append(bytes.Clone(small), huge...)); err != nil {
 				t.Fatal(err)
 			}
@@ -349,5 +351,55 @@ func TestPollerSeesEndAfterData(t *testing.T) {
 	}
 	if frames != n || away != n {
 		t.Errorf("backends read %d frames and %d closes 1001, want %d of each", frames, away, n)
+	}
+}
+
+// TestParkSlots: slots are reused once released, an id from an earlier
+// occupant of a slot finds nothing, and a reserved slot (taken, not yet
+// released) is not handed to another leg.
+func TestParkSlots(t *testing.T) {
+	var ps parkSlots
+	legs := make([]*leg, parkPage+10)
+	ids := make([]uint64, len(legs))
+	for i := range legs {
+		legs[i] = &leg{}
+		ids[i] = ps.add(parkedPump{src: legs[i]})
+	}
+	if len(ps.pages) != 2 {
+		t.Fatalf("%d legs in %d pages, want 2", len(legs), len(ps.pages))
+	}
+	pp, ok := ps.take(ids[3])
+	if !ok || pp.src != legs[3] {
+		t.Fatalf("take(%x) = %v, %v; want leg 3", ids[3], pp.src, ok)
+	}
+	if _, ok := ps.take(ids[3]); ok {
+		t.Fatal("a taken slot was taken twice")
+	}
+	other := &leg{}
+	oid := ps.add(parkedPump{src: other})
+	if uint32(oid) == uint32(ids[3]) {
+		t.Fatal("a reserved slot was given to another leg")
+	}
+	ps.put(ids[3], pp)
+	if got, ok := ps.remove(ids[3]); !ok || got.src != legs[3] {
+		t.Fatalf("remove after put = %v, %v; want leg 3", got.src, ok)
+	}
+	// The freed slot goes to the next leg, under a new id.
+	next := &leg{}
+	nid := ps.add(parkedPump{src: next})
+	if uint32(nid) != uint32(ids[3]) || nid == ids[3] {
+		t.Fatalf("reuse: id %x after %x, want the same slot with a new generation", nid, ids[3])
+	}
+	if _, ok := ps.take(ids[3]); ok {
+		t.Fatal("a stale id matched the slot's new leg")
+	}
+	if _, ok := ps.removeLeg(legs[3]); ok {
+		t.Fatal("removeLeg found a leg that is no longer parked")
+	}
+	if got, ok := ps.removeLeg(next); !ok || got.src != next {
+		t.Fatalf("removeLeg(next) = %v, %v", got.src, ok)
+	}
+	if _, ok := ps.remove(uint64(len(ps.pages)*parkPage + 5)); ok {
+		t.Fatal("an index past the pages matched")
 	}
 }

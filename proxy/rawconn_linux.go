@@ -40,7 +40,6 @@ func newRawTCPConn(c net.Conn) net.Conn {
 	}
 	r := &rawTCPConn{TCPConn: tc, rc: rc}
 	r.onRead = r.readFd
-	r.w.init()
 	return r
 }
 

@@ -31,7 +31,6 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return
 
 // leg is one side of a session: the client or the backend connection.
 type leg struct {
-	name string // "client" or "backend", for logs
 	conn net.Conn
 	// br and raw are used only by the pump whose source is this leg. br
 	// holds no buffer while the leg waits for data (see frameReader); raw,
@@ -59,7 +58,7 @@ type leg struct {
 
 	// State of one write or writeNow call on a plain TCP leg.
 	rw         rawWriter
-	onWriteNow func(fd uintptr) // l.rw.writeFd for RawConn.Control, bound once
+	onWriteNow func(fd uintptr) // l.rw.writeFd for RawConn.Control, bound on first use
 
 	mu sync.Mutex // guards writes to conn and the fields below
 	// closeSent: a close frame is out (or reserved, see reserveClose),
@@ -77,6 +76,14 @@ type leg struct {
 	closeReason string
 	messages    int64
 	bytes       int64
+}
+
+// side names the leg in logs: "client" or "backend" (the masked one).
+func (l *leg) side() string {
+	if l.masked {
+		return "backend"
+	}
+	return "client"
 }
 
 // session is one proxied WebSocket: two legs and two pumps.
@@ -119,7 +126,7 @@ func (s *session) run(client net.Conn, early []byte) {
 	s.lastActive.Store(time.Now().UnixNano())
 	s.pl = pickPoller()
 	s.backend.pl = s.pl
-	cl := newLeg("client", client, early, false)
+	cl := newLeg(client, early, false)
 	cl.pl = s.pl
 	s.endMu.Lock()
 	s.client = cl
@@ -157,7 +164,7 @@ func (s *session) pumpLoop(src, dst *leg) {
 		// A bug must cost this session, not the process: there is no
 		// fasthttp recover on these goroutines.
 		if v := recover(); v != nil {
-			s.h.log.Error("panic in websocket relay", "route", s.route.Name, "side", src.name,
+			s.h.log.Error("panic in websocket relay", "route", s.route.Name, "side", src.side(),
 				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			s.closeConns()
 			s.pumpReturned()
@@ -634,7 +641,7 @@ func discard(br *frameReader, n int64) error {
 // src, a close to dst, then a half-close toward src so that it sees the
 // end right after the close frame (RFC 6455 §7.1.7).
 func (s *session) failProtocol(src, dst *leg, pe *protocolError) {
-	s.h.log.Info("websocket protocol error", "route", s.route.Name, "side", src.name, "error", pe.reason)
+	s.h.log.Info("websocket protocol error", "route", s.route.Name, "side", src.side(), "error", pe.reason)
 	if src == s.client {
 		s.closeBoth(pe.code, pe.reason, closeGoingAway, "client protocol error")
 	} else {

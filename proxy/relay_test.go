@@ -1071,8 +1071,8 @@ func testSession(t testing.TB) (s *session, clientPeer, backendPeer net.Conn) {
 		write: time.Minute,
 		// Readers without a RawConn keep their buffer: the allocation test
 		// must not depend on sync.Pool, which drops items under -race.
-		client:  &leg{name: "client", conn: clientConn, br: newFrameReader(clientConn, nil, nil)},
-		backend: &leg{name: "backend", conn: backendConn, br: newFrameReader(backendConn, nil, nil), masked: true},
+		client:  &leg{conn: clientConn, br: newFrameReader(clientConn, nil, nil)},
+		backend: &leg{conn: backendConn, br: newFrameReader(backendConn, nil, nil), masked: true},
 	}
 	s.lastActive.Store(time.Now().UnixNano())
 	return s, clientPeer, backendPeer
@@ -1094,8 +1094,8 @@ func TestRelayFrameAllocs(t *testing.T) {
 			t.Skip("sync.Pool drops items at random under -race")
 		}
 		s, clientPeer, backendPeer := testSession(t)
-		s.client = newLeg("client", s.client.conn, nil, false)
-		s.backend = newLeg("backend", s.backend.conn, nil, true)
+		s.client = newLeg(s.client.conn, nil, false)
+		s.backend = newLeg(s.backend.conn, nil, true)
 		checkRelayFrameAllocs(t, s, clientPeer, backendPeer)
 	})
 }

@@ -418,7 +418,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 		maxMessage: r.WebSocket.MaxMessageSize,
 		idle:       r.WebSocket.IdleTimeout,
 		write:      h.write,
-		backend:    newLeg("backend", bh.conn, takeBuffered(bh.br), true),
+		backend:    newLeg(bh.conn, takeBuffered(bh.br), true),
 	}
 	// fasthttp runs the hijack handler after writing the 101; it may skip
 	// it (the write failed, the connection is closing). Then nobody owns
