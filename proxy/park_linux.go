@@ -468,21 +468,35 @@ func incompleteFrame(b []byte) bool {
 // sweep resumes parked pumps whose session has a deadline due: the idle
 // timeout, or the end of a close handshake. The resumed pump finds its
 // read deadline passed and acts as if it had waited on its goroutine.
+// The mutex is held for one page at a time, so parking and unparking on
+// other goroutines wait for at most parkPage checks, however many legs
+// are parked.
 func (p *poller) sweep(now time.Time) {
+	for _, pp := range p.takeDue(now) {
+		p.handOff(pp)
+	}
+}
+
+// takeDue takes the parked pumps that are due (see sweep) out of the
+// poller.
+func (p *poller) takeDue(now time.Time) []parkedPump {
 	var wake []parkedPump
-	p.mu.Lock()
-	for _, page := range p.slots.pages {
+	for pg := 0; ; pg++ {
+		p.mu.Lock()
+		if pg >= len(p.slots.pages) {
+			p.mu.Unlock()
+			break
+		}
+		page := p.slots.pages[pg]
 		for i := range page {
 			if pp := page[i]; pp.src != nil && pp.s.due(now) {
 				p.slots.remove(pp.src.parkID)
 				wake = append(wake, pp)
 			}
 		}
+		p.mu.Unlock()
 	}
-	p.mu.Unlock()
-	for _, pp := range wake {
-		p.handOff(pp)
-	}
+	return wake
 }
 
 // due reports whether a parked pump of s must go back to its goroutine:

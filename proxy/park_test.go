@@ -403,3 +403,57 @@ func TestParkSlots(t *testing.T) {
 		t.Fatal("an index past the pages matched")
 	}
 }
+
+// TestTakeDue: the sweep finds due legs on every page of slots (it locks
+// one page at a time) and leaves the others parked.
+func TestTakeDue(t *testing.T) {
+	p := &poller{}
+	now := time.Now()
+	quiet := &session{idle: time.Hour}
+	quiet.lastActive.Store(now.UnixNano())
+	closing := &session{idle: time.Hour}
+	closing.lastActive.Store(now.UnixNano())
+	closing.closeBy.Store(now.Add(closeWait).UnixNano())
+	idleSoon := &session{idle: time.Minute}
+	idleSoon.lastActive.Store(now.Add(-time.Minute + parkMargin/2).UnixNano())
+
+	due := map[*leg]bool{}
+	n := 3*parkPage + 7
+	for i := range n {
+		s := quiet
+		switch {
+		case i == parkPage+3:
+			s = closing
+		case i == n-1:
+			s = idleSoon
+		}
+		l := &leg{}
+		p.slots.add(parkedPump{s: s, src: l})
+		if s != quiet {
+			due[l] = true
+		}
+	}
+	got := p.takeDue(now)
+	if len(got) != len(due) {
+		t.Fatalf("took %d due legs, want %d", len(got), len(due))
+	}
+	for _, pp := range got {
+		if !due[pp.src] {
+			t.Errorf("took a leg that is not due (session %p)", pp.s)
+		}
+		if _, ok := p.slots.removeLeg(pp.src); ok {
+			t.Error("a taken leg is still parked")
+		}
+	}
+	left := 0
+	for _, page := range p.slots.pages {
+		for _, pp := range page {
+			if pp.src != nil {
+				left++
+			}
+		}
+	}
+	if left != n-len(due) {
+		t.Errorf("%d legs still parked, want %d", left, n-len(due))
+	}
+}
