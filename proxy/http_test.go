@@ -683,6 +683,70 @@ func TestHTTPKeepAlivePooling(t *testing.T) {
 	}
 }
 
+// TestHTTPPoolReusesNewestConnection: after a burst has opened several
+// upstream connections, sequential requests keep using the one used last
+// (LIFO, like nginx's keepalive cache) instead of cycling through all of
+// them, so the others can go idle and be closed.
+func TestHTTPPoolReusesNewestConnection(t *testing.T) {
+	const burst = 6
+	var (
+		mu      sync.Mutex
+		remotes []string
+		arrived = make(chan struct{}, burst)
+		release = make(chan struct{})
+	)
+	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/burst" {
+			arrived <- struct{}{}
+			<-release
+		} else {
+			mu.Lock()
+			remotes = append(remotes, r.RemoteAddr)
+			mu.Unlock()
+		}
+		io.WriteString(w, "ok")
+	}))
+	p := startProxy(t, wsRoute(upstream(backend)))
+	c := httpClient(t)
+	errs := make(chan error, burst)
+	for range burst {
+		go func() {
+			resp, err := c.Get("http://" + p.addr + "/burst")
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range burst { // every request holds its own upstream connection
+		select {
+		case <-arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the burst's requests did not all reach the backend")
+		}
+	}
+	close(release)
+	for range burst {
+		if err := <-errs; err != nil {
+			t.Fatalf("burst request: %v", err)
+		}
+	}
+	for i := range 20 {
+		resp, body := do(t, c, newRequest(t, "GET", "http://"+p.addr+"/seq", nil))
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: status %d body %q", i, resp.StatusCode, body)
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range remotes {
+		seen[r] = true
+	}
+	if len(remotes) != 20 || len(seen) != 1 {
+		t.Errorf("20 sequential requests after a burst of %d used %d upstream connections, want 1 (the newest)", burst, len(seen))
+	}
+}
+
 func TestHTTPNoRoute(t *testing.T) {
 	r := wsRoute(upstream(closedPort(t)))
 	r.PathPrefix = "/api"
