@@ -136,6 +136,13 @@ func (b *frameReader) readInto(p []byte, pooled bool) (int, error) {
 	err := b.raw.Read(b.onReadable)
 	n, rerr := b.rn, b.rerr
 	b.rp, b.rn, b.rerr = nil, 0, nil
+	return readResult(err, n, rerr)
+}
+
+// readResult turns the outcome of a RawConn.Read (err) whose callback read
+// n bytes or failed with rerr into what an io.Reader returns: a read of 0
+// bytes is the end of the stream.
+func readResult(err error, n int, rerr error) (int, error) {
 	switch {
 	case err != nil:
 		return 0, err

@@ -363,22 +363,16 @@ func (p *poller) dispatch(id uint64, end bool, now time.Time) {
 		go pp.s.pumpLoop(pp.src, pp.dst)
 		return
 	}
-	if p.serveSafely(pp, now) && !end {
-		p.mu.Lock()
-		// closeConns sets connsClosed, and breakLocked sets dead, before
-		// they look for parked legs: either they find this one, or this
-		// check sees the flag.
-		if !pp.s.closing() && !pp.src.dead.Load() {
-			p.slots.put(id, pp)
-			p.mu.Unlock()
-			return
-		}
-		p.slots.release(id)
+	stay := p.serveSafely(pp, now) && !end
+	p.mu.Lock()
+	// closeConns sets connsClosed, and breakLocked sets dead, before they
+	// look for parked legs: either they find this one, or this check sees
+	// the flag.
+	if stay && !pp.s.closing() && !pp.src.dead.Load() {
+		p.slots.put(id, pp)
 		p.mu.Unlock()
-		p.handOff(pp)
 		return
 	}
-	p.mu.Lock()
 	p.slots.release(id)
 	p.mu.Unlock()
 	p.handOff(pp)

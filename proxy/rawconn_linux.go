@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -64,15 +63,7 @@ func (c *rawTCPConn) Read(p []byte) (int, error) {
 	err := c.rc.Read(c.onRead)
 	n, rerr := c.rn, c.rerr
 	c.rp, c.rerr = nil, nil
-	switch {
-	case err != nil:
-		return 0, err
-	case rerr != nil:
-		return 0, rerr
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
+	return readResult(err, n, rerr)
 }
 
 func (c *rawTCPConn) readFd(fd uintptr) bool {
