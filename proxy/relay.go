@@ -117,6 +117,24 @@ type session struct {
 	ended       bool        // guarded by endMu: conns are closed
 }
 
+// keepAlive turns on TCP keep-alive probes toward a WebSocket client.
+// wsgate's listeners accept without them (an HTTP connection is bounded
+// by the idle timeout), but a session may stay quiet for as long as its
+// idle_timeout, and a client that vanished without a FIN (a dropped NAT
+// mapping, a phone gone off the network) is then found in about 2.5
+// minutes, as Go's default listeners would. Backend legs are dialled
+// with Go's default keep-alive.
+func keepAlive(c net.Conn) {
+	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = nc.NetConn() // *tls.Conn
+	}
+	if tc, ok := tcpConn(c); ok {
+		_ = tc.SetKeepAliveConfig(clientKeepAlive)
+	}
+}
+
+var clientKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 9}
+
 // run starts relaying frames both ways; the session ends (connections
 // closed, log written, registry entry removed) when the last pump ends.
 // A direction that can wait in the poller starts parked; the other runs
@@ -126,6 +144,7 @@ func (s *session) run(client net.Conn, early []byte) {
 	s.lastActive.Store(time.Now().UnixNano())
 	s.pl = pickPoller()
 	s.backend.pl = s.pl
+	keepAlive(client)
 	cl := newLeg(client, early, false)
 	cl.pl = s.pl
 	s.endMu.Lock()

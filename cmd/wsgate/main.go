@@ -201,7 +201,12 @@ func start(cfg *config.Config, log *slog.Logger, accessLog bool) (*gateway, erro
 	}
 	var serve []pending
 	for _, l := range cfg.Listeners {
-		ln, err := net.Listen("tcp", l.Addr)
+		// No TCP keep-alive probes on accepted connections (as nginx's
+		// and HAProxy's defaults): an HTTP connection is bounded by the
+		// idle timeout, and the four setsockopt calls per accept sat on
+		// the latency of every new connection. A WebSocket session turns
+		// them on for its client (proxy.keepAlive).
+		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", l.Addr)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("listen %q: %w", l.Addr, err)
