@@ -457,6 +457,12 @@ func (b *requestBody) WriteTo(w io.Writer) (int64, error) { return copyBody(w, b
 // rawTCPConn's raw writes (1 MiB responses: 14% less CPU per MiB here);
 // and a chunked one through a 4 KiB buffer, one chunk and flush per
 // 4 KiB.
+//
+// Measured and not kept, on 1 MiB responses: 64, 128 and 256 KiB buffers
+// (2,600, 2,600 and 2,360 MiB per CPU-second against 3,300 at 32 KiB),
+// and splice(2) from the upstream socket through a pipe to the client
+// (per CPU-second within noise of this copy, MiB/s 5-25% lower: pages
+// pinned until the client reads them cost the backend new ones).
 func copyBody(w io.Writer, r io.Reader) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
