@@ -248,9 +248,10 @@ func startRawBackend(t *testing.T, serve func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// closedAddr returns a 127.0.0.1 address nobody listens on: a port the
-// kernel handed out and that was closed again.
-func closedAddr(t *testing.T) string {
+// freeAddr returns a 127.0.0.1 address that was free a moment ago, for a
+// listener whose port must be known before wsgate starts (another process
+// could take it in between; the window is tiny).
+func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -260,11 +261,6 @@ func closedAddr(t *testing.T) string {
 	ln.Close()
 	return addr
 }
-
-// freeAddr returns a 127.0.0.1 address that was free a moment ago, for a
-// listener whose port must be known before wsgate starts (another process
-// could take it in between; the window is tiny).
-func freeAddr(t *testing.T) string { return closedAddr(t) }
 
 // rawConn is a client connection for hand-made requests and frames.
 type rawConn struct {

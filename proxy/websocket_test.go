@@ -241,17 +241,6 @@ func TestCloseCodesRelayed(t *testing.T) {
 	}
 }
 
-// closedPort returns an address where nothing listens.
-func closedPort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // silentBackend accepts connections and never answers.
 func silentBackend(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
