@@ -248,20 +248,6 @@ func startRawBackend(t *testing.T, serve func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// freeAddr returns a 127.0.0.1 address that was free a moment ago, for a
-// listener whose port must be known before wsgate starts (another process
-// could take it in between; the window is tiny).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // rawConn is a client connection for hand-made requests and frames.
 type rawConn struct {
 	t  *testing.T
