@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"embed"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/user"
@@ -71,17 +70,6 @@ func (s *session) stop() {
 	}
 }
 
-// freePort listens on :0 and closes it again; the small race with other
-// programs taking the port is acceptable here.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 var listeningRE = regexp.MustCompile(`listening (\S+:\d+)`)
 
 // startSession starts a fresh backend and the target in front of it, and
@@ -128,10 +116,11 @@ func startSession(o *options, target string, repeat int) (*session, error) {
 		s.addr = s.bAddr
 		return s, nil
 	}
-	port, err := freePort()
+	port, release, err := reservePort()
 	if err != nil {
 		return s, err
 	}
+	defer release() // the proxy listens on it, or failed to
 	s.addr = fmt.Sprintf("127.0.0.1:%d", port)
 	data := map[string]any{
 		"Dir":               dir,
