@@ -548,6 +548,14 @@ func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 		}
 		// Data frames that follow, already whole in the buffer (a message
 		// sent as many frames, or a burst), go out in the same write.
+		// Nothing is held back for frames not yet read: sending the
+		// frames of an unfinished message with MSG_MORE was measured on
+		// 64 KiB echo in 4 KiB frames. Pushed before each wait for data,
+		// or within 1 ms, it saved no proxy CPU; held until the message
+		// ends (up to the kernel's 200 ms), proxy CPU fell 15-25% but
+		// partly because the peers' ACKs then sent the held segments on
+		// the peers' CPU, and a sender that pauses mid-message would
+		// see its bytes held.
 		total += s.batch(src, dst, st, total)
 		b, _ = src.br.Peek(total)
 		_, werr := dst.write(b)
