@@ -254,9 +254,10 @@ func TestProxyHTTP(t *testing.T) {
 		if resp.StatusCode != http.StatusGatewayTimeout {
 			t.Errorf("status %d, want 504; body %q", resp.StatusCode, body)
 		}
-		// response_timeout is 300ms: well before the default 60s.
-		if elapsed < 300*time.Millisecond || elapsed > 5*time.Second {
-			t.Errorf("504 after %v, want about 300ms", elapsed)
+		// response_timeout is 300ms. A 504 at all shows it applied: the
+		// client gives up after ioTimeout, long before the 60s default.
+		if elapsed < 300*time.Millisecond {
+			t.Errorf("504 after %v, before the 300ms response_timeout", elapsed)
 		}
 	})
 

@@ -33,6 +33,11 @@ type Options struct {
 	AccessLog bool
 	// Logger receives all logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// closeWait replaces the close-handshake budget closeWait when set.
+	// Tests raise it far above their own hang guards, so that a close
+	// seen in time can only have come from the path under test.
+	closeWait time.Duration
 }
 
 // Handler is the fasthttp request handler of wsgate: it matches routes,
@@ -45,6 +50,7 @@ type Handler struct {
 	body      time.Duration
 	accessLog bool
 	log       *slog.Logger
+	closeWait time.Duration              // the close-handshake budget (see closeWait)
 	pools     map[*routes.Upstream]*pool // read-only after New
 	statics   map[*routes.Route]fasthttp.RequestHandler
 
@@ -68,6 +74,7 @@ func New(o Options) *Handler {
 		body:      o.BodyTimeout,
 		accessLog: o.AccessLog,
 		log:       o.Logger,
+		closeWait: o.closeWait,
 		pools:     map[*routes.Upstream]*pool{},
 		statics:   map[*routes.Route]fasthttp.RequestHandler{},
 		sessions:  map[*session]struct{}{},
@@ -81,6 +88,9 @@ func New(o Options) *Handler {
 	}
 	if h.log == nil {
 		h.log = slog.Default()
+	}
+	if h.closeWait <= 0 {
+		h.closeWait = closeWait
 	}
 	for _, r := range h.table.Routes() {
 		if r.Upstream != nil && h.pools[r.Upstream] == nil {
@@ -393,7 +403,7 @@ func (h *Handler) forceClose() {
 		}
 		select {
 		case <-ch:
-		case <-time.After(closeWait):
+		case <-time.After(h.closeWait):
 			h.log.Warn("sessions did not end after their connections were closed", "sessions", n)
 			return
 		}

@@ -223,6 +223,16 @@ type proxySetup struct {
 	NoAccessLog bool
 }
 
+// slowCloses gives the proxy a close-handshake budget of a minute
+// (closeWait is 5s) and hangGuard is well under it: a test that sees a
+// connection end, or a close frame, within hangGuard knows that the path
+// under test did it, not the budget's cut — without timing anything.
+func slowCloses() proxySetup { return proxySetup{Options: Options{closeWait: time.Minute}} }
+
+// hangGuard bounds waits for what must happen at once, in tests that
+// start their proxy with slowCloses.
+const hangGuard = 20 * time.Second
+
 // startProxyWith is startProxy with server and handler options.
 func startProxyWith(t testing.TB, s proxySetup, rs ...*routes.Route) *testProxy {
 	t.Helper()

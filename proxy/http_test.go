@@ -434,11 +434,9 @@ func TestHTTPServerSentEventsOutliveWriteTimeout(t *testing.T) {
 
 func TestHTTPUpstreamRefused(t *testing.T) {
 	p := startProxy(t, wsRoute(upstream(closedPort(t))))
-	start := time.Now()
 	resp, body := do(t, httpClient(t), newRequest(t, "GET", "http://"+p.addr+"/", nil))
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("refused upstream answered after %v, want fast", d)
-	}
+	// 502, not the 504 of a connect or response timeout: the refusal
+	// itself was seen.
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Errorf("status %d, want 502", resp.StatusCode)
 	}

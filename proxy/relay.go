@@ -21,7 +21,8 @@ import (
 
 // closeWait bounds each close handshake: after wsgate sends a close frame
 // (or one side ends), the peer has this long to answer before the TCP
-// connections are cut.
+// connections are cut (Handler.closeWait, which tests may raise). It also
+// bounds each write of a control frame.
 const closeWait = 5 * time.Second
 
 // chunkSize is the copy buffer for frames larger than a leg's read buffer.
@@ -234,13 +235,13 @@ func (s *session) closing() bool {
 }
 
 // pumpReturned starts the close-handshake budget for the other pump when
-// the first one ends: it gets closeWait, then both connections are cut.
+// the first one ends: it gets h.closeWait, then both connections are cut.
 func (s *session) pumpReturned() {
 	s.endMu.Lock()
 	s.pumpsRun--
 	switch s.pumpsRun {
 	case 1:
-		s.force = time.AfterFunc(closeWait, s.closeConns)
+		s.force = time.AfterFunc(s.h.closeWait, s.closeConns)
 		s.endMu.Unlock()
 	case 0:
 		if s.force != nil {
@@ -275,7 +276,7 @@ func (s *session) closeConns() {
 }
 
 // closeBoth sends close frames to both legs (each only once) and bounds
-// the remaining reads by closeWait. Both closes are reserved before either
+// the remaining reads by h.closeWait. Both closes are reserved before either
 // is written: otherwise the first peer could echo its close before the
 // second one is out, and its pump would relay that echo to the other peer
 // in place of the code chosen here.
@@ -294,7 +295,7 @@ func (s *session) closeBoth(clientCode uint16, clientReason string, backendCode 
 // startClosing starts the closing handshake: from now on every read is
 // bounded by closeBy. Safe to call more than once.
 func (s *session) startClosing() {
-	by := time.Now().Add(closeWait).UnixNano()
+	by := time.Now().Add(s.h.closeWait).UnixNano()
 	if s.closeBy.CompareAndSwap(0, by) {
 		// Wake pumps blocked on a long idle deadline.
 		_ = s.client.conn.SetReadDeadline(time.Unix(0, by))

@@ -405,7 +405,8 @@ func TestRelayCloseCodes(t *testing.T) {
 
 // TestRelayBackendGone: a backend that drops TCP (right after its 101, or
 // after one frame) gives the client close 1011 at once — the idle timeout
-// is an hour, so only the real path can pass.
+// is an hour and the close budget a minute, so only the real path can
+// pass.
 func TestRelayBackendGone(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -419,10 +420,9 @@ func TestRelayBackendGone(t *testing.T) {
 			backend := startWSRawBackend(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
 				write101(c, req, "", tc.tail)
 			})
-			p := startProxy(t, wsRoute(upstream(backend)))
+			p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
 			c, _ := dialWS(t, p.addr, "/", nil)
-			start := time.Now()
-			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			c.SetReadDeadline(time.Now().Add(hangGuard))
 			var got []string
 			var err error
 			for range 10 {
@@ -438,59 +438,49 @@ func TestRelayBackendGone(t *testing.T) {
 			if code, _ := closeCode(err); code != 1011 {
 				t.Errorf("client got %v, want close 1011", err)
 			}
-			if d := time.Since(start); d > 2*time.Second {
-				t.Errorf("close after %v, want at once", d)
-			}
 		})
 	}
 }
 
 // TestRelayClientGone: a client that drops TCP gives the backend close
-// 1001 at once.
+// 1001 at once (within hangGuard, with an idle timeout of an hour).
 func TestRelayClientGone(t *testing.T) {
 	backendErr := make(chan error, 1)
 	backend := startWSBackend(t, nil, func(c *websocket.Conn) { backendErr <- echoUntilError(c) })
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
 	w := dialRaw(t, p.addr, "/", nil)
 	w.send(0x81, []byte("hi"))
 	if f, err := w.read(5 * time.Second); err != nil || string(f.payload) != "hi" {
 		t.Fatalf("echo: %q, %v", f.payload, err)
 	}
-	start := time.Now()
 	w.c.Close()
-	err := recvErr(t, "the backend's close", backendErr, 3*time.Second)
+	err := recvErr(t, "the backend's close", backendErr, hangGuard)
 	if code, _ := closeCode(err); code != 1001 {
 		t.Errorf("backend got %v, want close 1001", err)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("close after %v, want at once", d)
 	}
 }
 
 // TestRelayPeerGoneMidFrame: when a peer drops TCP in the middle of a
 // large frame, part of which already went out, no close frame can follow
 // on the other leg; wsgate must cut that connection at once instead of
-// leaving the other peer waiting for the rest of the frame.
+// leaving the other peer waiting for the rest of the frame (the close
+// budget, a minute here, would cut it only after hangGuard).
 func TestRelayPeerGoneMidFrame(t *testing.T) {
 	const frameLen = 200000
 	t.Run("client", func(t *testing.T) {
 		backendErr := make(chan error, 1)
 		backend := startWSBackend(t, nil, func(c *websocket.Conn) { backendErr <- readUntilError(c) })
-		p := startProxy(t, wsRoute(upstream(backend)))
+		p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
 		w := dialRaw(t, p.addr, "/", nil)
 		frame := makeFrame(0x82, &w.key, make([]byte, frameLen))
 		w.write(frame[:len(frame)/2])
 		waitFor(t, "the session to relay half the frame", 5*time.Second, func() bool {
 			return strings.Contains(p.logs.String(), "websocket opened")
 		})
-		start := time.Now()
 		w.c.Close()
-		err := recvErr(t, "the backend's read to fail", backendErr, 4*time.Second)
+		err := recvErr(t, "the backend's read to fail", backendErr, hangGuard)
 		if err == nil {
 			t.Fatal("backend read ended without error")
-		}
-		if d := time.Since(start); d > 2*time.Second {
-			t.Errorf("backend connection ended %v after the client left, want at once", d)
 		}
 	})
 	t.Run("backend", func(t *testing.T) {
@@ -499,16 +489,12 @@ func TestRelayPeerGoneMidFrame(t *testing.T) {
 		backend := startWSRawBackend(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
 			write101(c, req, "", half)
 		})
-		p := startProxy(t, wsRoute(upstream(backend)))
+		p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
 		w := dialRaw(t, p.addr, "/", nil)
-		start := time.Now()
-		w.c.SetReadDeadline(time.Now().Add(4 * time.Second))
+		w.c.SetReadDeadline(time.Now().Add(hangGuard))
 		n, err := io.Copy(io.Discard, w.br)
 		if err != nil {
 			t.Errorf("client connection not ended: %v (after %d bytes)", err, n)
-		}
-		if d := time.Since(start); d > 2*time.Second {
-			t.Errorf("client connection ended %v after the backend left, want at once", d)
 		}
 	})
 }
@@ -710,8 +696,8 @@ func TestRelayIdleTimeout(t *testing.T) {
 		if code, _ := closeCode(err); code != 1001 {
 			t.Errorf("client got %v, want close 1001", err)
 		}
-		if elapsed < idle || elapsed > idle+time.Second {
-			t.Errorf("closed after %v, want about %v", elapsed, idle)
+		if elapsed < idle {
+			t.Errorf("closed after %v, before the %v idle timeout", elapsed, idle)
 		}
 		if code, _ := closeCode(recvErr(t, "the backend's close", backendErr, 5*time.Second)); code != 1001 {
 			t.Errorf("backend got close %d, want 1001", code)
@@ -1064,7 +1050,7 @@ func testSession(t testing.TB) (s *session, clientPeer, backendPeer net.Conn) {
 	clientPeer, clientConn := tcpPair(t)
 	backendConn, backendPeer := tcpPair(t)
 	s = &session{
-		h:     &Handler{log: slog.New(slog.DiscardHandler)},
+		h:     &Handler{log: slog.New(slog.DiscardHandler), closeWait: closeWait},
 		route: &routes.Route{Name: "test"},
 		start: time.Now(),
 		idle:  time.Hour,

@@ -424,7 +424,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 	// it (the write failed, the connection is closing). Then nobody owns
 	// the backend connection, so a timer reclaims it.
 	claimed := make(chan struct{})
-	abandon := time.AfterFunc(closeWait+responseTimeout(r), func() {
+	abandon := time.AfterFunc(h.closeWait+responseTimeout(r), func() {
 		select {
 		case <-claimed:
 		default:
