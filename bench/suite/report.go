@@ -439,6 +439,7 @@ func (r *report) markdown() string {
 		}
 		p("| %s | %s | %s %s | %s %s | %.2f | %s | %s |\n", c.Figure, c.Rule, fmtNum(c.Wsgate, 1), c.Unit, c.RefName, fmtNum(c.Ref, 1), c.Ratio, c.Need, res)
 	}
+	p("\nWhy a target fails (profiles, system calls per operation beside nginx and HAProxy, which misses are noise, and what design would close each gap): [`performance.md`](performance.md).\n")
 	if len(r.Failed) > 0 {
 		p("\n## Failures\n\n")
 		for _, f := range r.Failed {
