@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // BuiltinDemo is the listeners[].builtin value that serves wsgate's demo
@@ -62,6 +63,9 @@ type Config struct {
 
 	// Table is the compiled route table built from Routes.
 	Table *routes.Table `yaml:"-"`
+	// UpstreamConfigs are the upstreams compiled, by name: what
+	// upstream.New turns into live target sets.
+	UpstreamConfigs map[string]*upstream.Config `yaml:"-"`
 	// Trusted is TrustedProxies parsed; a bare IP is a /32 or /128 prefix.
 	Trusted []netip.Prefix `yaml:"-"`
 }

@@ -92,8 +92,9 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		RootCAs            bool
 		MinVersion         uint16
 	}
+	type target struct{ Scheme, Addr string }
 	type upstream struct {
-		Targets         []routes.Target
+		Targets         []target
 		TLS             *upstreamTLS
 		ConnectTimeout  string
 		ResponseTimeout string
@@ -144,12 +145,15 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 			ups[r.Upstream] = true
 		}
 	}
-	for u := range ups {
+	for ru := range ups {
+		u := cfg.UpstreamConfigs[ru.Name]
 		su := upstream{
-			Targets:         u.Targets,
 			ConnectTimeout:  u.ConnectTimeout.String(),
 			ResponseTimeout: u.ResponseTimeout.String(),
 			MaxConnections:  u.MaxConnections,
+		}
+		for _, tc := range u.Targets {
+			su.Targets = append(su.Targets, target{tc.Scheme, tc.Addr()})
 		}
 		if c := u.TLS; c != nil {
 			su.TLS = &upstreamTLS{c.ServerName, c.InsecureSkipVerify, c.RootCAs != nil, c.MinVersion}
@@ -222,8 +226,8 @@ func TestExample(t *testing.T) {
 	if r == nil || r.Upstream == nil || r.Upstream.Name != "demo" {
 		t.Fatalf("Match(/echo) = %+v, want a route to upstream demo", r)
 	}
-	u := r.Upstream
-	if len(u.Targets) != 1 || u.Targets[0] != (routes.Target{Scheme: "http", Addr: "127.0.0.1:8081"}) {
+	u := cfg.UpstreamConfigs[r.Upstream.Name]
+	if len(u.Targets) != 1 || u.Targets[0].URL() != "http://127.0.0.1:8081" {
 		t.Errorf("upstream demo targets = %+v, want http 127.0.0.1:8081", u.Targets)
 	}
 	if u.TLS != nil || u.ConnectTimeout != defaultConnectTimeout || u.ResponseTimeout != defaultResponseTimeout || u.MaxConnections != defaultMaxConnections {
@@ -400,8 +404,8 @@ routes:
 		t.Errorf("upstream = %+v, want defaults applied", u)
 	}
 	compiled := cfg.Table.Routes()
-	if up := compiled[0].Upstream; up.TLS == nil || up.TLS.MinVersion != 0x0303 || up.TLS.RootCAs != nil ||
-		up.Targets[0] != (routes.Target{Scheme: "https", Addr: "backend.internal:443"}) {
+	if up := cfg.UpstreamConfigs[compiled[0].Upstream.Name]; up.TLS == nil || up.TLS.MinVersion != 0x0303 || up.TLS.RootCAs != nil ||
+		up.Targets[0].URL() != "https://backend.internal:443" {
 		t.Errorf("upstream = %+v, want https on port 443 with a default TLS config", up)
 	}
 	if compiled[1].Redirect.Status != 302 || compiled[2].Respond.Status != 200 {

@@ -113,7 +113,7 @@ routes:
 		t.Errorf("default min version = %q %#x, want 1.2", got.MinVersion, got.MinVersionTLS)
 	}
 
-	up := cfg.Table.Routes()[0].Upstream
+	up := cfg.UpstreamConfigs[cfg.Table.Routes()[0].Upstream.Name]
 	if up.TLS == nil || up.TLS.RootCAs == nil || up.TLS.ServerName != "backend.internal" || up.TLS.MinVersion != tls.VersionTLS12 || up.TLS.InsecureSkipVerify {
 		t.Fatalf("upstream TLS = %+v, want the CA pool, server name and TLS 1.2", up.TLS)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // validator applies defaults to a decoded document, checks it and compiles
@@ -40,7 +41,8 @@ func (v *validator) config(doc *document) *Config {
 	v.limits(&cfg.Limits)
 	v.timeouts(&cfg.Timeouts)
 	v.listeners(cfg.Listeners)
-	ups := v.upstreams(cfg.Upstreams)
+	ups, compiled := v.upstreams(cfg.Upstreams)
+	cfg.UpstreamConfigs = compiled
 	rs := v.routes(cfg, ups)
 	cfg.Trusted = v.trustedProxies(cfg.TrustedProxies)
 	if len(v.errs) > 0 {
@@ -196,8 +198,9 @@ func pathErr(err error) error {
 // upstreams checks the upstreams and compiles each once, so that routes
 // share it. Every name gets an entry, even an invalid one, so a route
 // naming it gets no second error.
-func (v *validator) upstreams(m map[string]*Upstream) map[string]*routes.Upstream {
+func (v *validator) upstreams(m map[string]*Upstream) (map[string]*routes.Upstream, map[string]*upstream.Config) {
 	out := make(map[string]*routes.Upstream, len(m))
+	compiled := make(map[string]*upstream.Config, len(m))
 	for _, name := range slices.Sorted(maps.Keys(m)) {
 		path := "upstreams." + name
 		u := m[name]
@@ -208,7 +211,7 @@ func (v *validator) upstreams(m map[string]*Upstream) map[string]*routes.Upstrea
 		if len(u.Targets) == 0 {
 			v.atf(path+".targets", "at least one target is required")
 		}
-		ru := &routes.Upstream{Name: name}
+		uc := &upstream.Config{Name: name}
 		https, valid := false, true
 		for i, s := range u.Targets {
 			t, err := parseTarget(s)
@@ -217,14 +220,14 @@ func (v *validator) upstreams(m map[string]*Upstream) map[string]*routes.Upstrea
 				valid = false
 				continue
 			}
-			https = https || t.TLS()
-			ru.Targets = append(ru.Targets, t)
+			https = https || t.Scheme == "https"
+			uc.Targets = append(uc.Targets, t)
 		}
 		if u.TLS != nil && !https && valid {
 			v.atf(path+".tls", "set, but no target uses https")
 		}
 		if https {
-			ru.TLS = v.upstreamTLS(path+".tls", u.TLS)
+			uc.TLS = v.upstreamTLS(path+".tls", u.TLS)
 		}
 		v.duration(path+".connect_timeout", &u.ConnectTimeout, defaultConnectTimeout)
 		v.duration(path+".response_timeout", &u.ResponseTimeout, defaultResponseTimeout)
@@ -234,35 +237,36 @@ func (v *validator) upstreams(m map[string]*Upstream) map[string]*routes.Upstrea
 		if u.MaxConnections == 0 {
 			u.MaxConnections = defaultMaxConnections
 		}
-		ru.ConnectTimeout = u.ConnectTimeout
-		ru.ResponseTimeout = u.ResponseTimeout
-		ru.MaxConnections = u.MaxConnections
-		out[name] = ru
+		uc.ConnectTimeout = u.ConnectTimeout
+		uc.ResponseTimeout = u.ResponseTimeout
+		uc.MaxConnections = u.MaxConnections
+		out[name] = &routes.Upstream{Name: name}
+		compiled[name] = uc
 	}
-	return out
+	return out, compiled
 }
 
 // parseTarget parses an upstream target URL.
-func parseTarget(s string) (routes.Target, error) {
+func parseTarget(s string) (upstream.TargetConfig, error) {
 	const want = "want http://host[:port] or https://host[:port]"
 	u, err := url.Parse(s)
 	if err != nil || !strings.Contains(s, "://") {
-		return routes.Target{}, fmt.Errorf("invalid target %q (%s)", s, want)
+		return upstream.TargetConfig{}, fmt.Errorf("invalid target %q (%s)", s, want)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return routes.Target{}, fmt.Errorf("unsupported scheme %q (want http or https)", u.Scheme)
+		return upstream.TargetConfig{}, fmt.Errorf("unsupported scheme %q (want http or https)", u.Scheme)
 	}
 	switch {
 	case u.Hostname() == "":
-		return routes.Target{}, fmt.Errorf("target %q has no host (%s)", s, want)
+		return upstream.TargetConfig{}, fmt.Errorf("target %q has no host (%s)", s, want)
 	case u.User != nil:
-		return routes.Target{}, fmt.Errorf("target %q must not have user info", s)
+		return upstream.TargetConfig{}, fmt.Errorf("target %q must not have user info", s)
 	case u.Path != "" && u.Path != "/":
-		return routes.Target{}, fmt.Errorf("target %q must not have a path", s)
+		return upstream.TargetConfig{}, fmt.Errorf("target %q must not have a path", s)
 	case u.RawQuery != "" || u.ForceQuery:
-		return routes.Target{}, fmt.Errorf("target %q must not have a query", s)
+		return upstream.TargetConfig{}, fmt.Errorf("target %q must not have a query", s)
 	case u.Fragment != "":
-		return routes.Target{}, fmt.Errorf("target %q must not have a fragment", s)
+		return upstream.TargetConfig{}, fmt.Errorf("target %q must not have a fragment", s)
 	}
 	port := u.Port()
 	if port == "" {
@@ -272,9 +276,9 @@ func parseTarget(s string) (routes.Target, error) {
 		}
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		return routes.Target{}, fmt.Errorf("invalid port %q in target %q (want 1 to 65535)", port, s)
+		return upstream.TargetConfig{}, fmt.Errorf("invalid port %q in target %q (want 1 to 65535)", port, s)
 	}
-	return routes.Target{Scheme: u.Scheme, Addr: net.JoinHostPort(strings.ToLower(u.Hostname()), port)}, nil
+	return upstream.TargetConfig{Scheme: u.Scheme, Host: strings.ToLower(u.Hostname()), Port: port}, nil
 }
 
 // upstreamTLS compiles the client TLS settings of an upstream with https

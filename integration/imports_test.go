@@ -23,24 +23,31 @@ func deps(t *testing.T, pkgs ...string) []string {
 }
 
 // TestImportBoundaries enforces the layout in STYLE.md: only config sees
-// YAML, proxy never imports config, and routes and tls use the standard
-// library only.
+// YAML, proxy never imports config, routes and tls use the standard
+// library only, and upstream sits below routes, proxy and config.
 func TestImportBoundaries(t *testing.T) {
 	needBinary(t) // skipped under -short with the rest of the package
 
-	all := deps(t, "./proxy", "./routes", "./tls")
+	all := deps(t, "./proxy", "./routes", "./tls", "./upstream")
 	if len(all) == 0 {
 		t.Fatal("go list -deps listed nothing")
 	}
 	for _, p := range all {
 		if p == "gopkg.in/yaml.v3" || strings.HasPrefix(p, "gopkg.in/yaml.v3/") {
-			t.Errorf("proxy, routes or tls depend on %s; only config may", p)
+			t.Errorf("proxy, routes, tls or upstream depend on %s; only config may", p)
 		}
 		if p == modulePath+"/config" || strings.HasPrefix(p, modulePath+"/config/") {
-			t.Errorf("proxy, routes or tls depend on %s", p)
+			t.Errorf("proxy, routes, tls or upstream depend on %s", p)
 		}
 		if p == modulePath+"/cmd/wsgate" {
-			t.Errorf("proxy, routes or tls depend on %s", p)
+			t.Errorf("proxy, routes, tls or upstream depend on %s", p)
+		}
+	}
+	for _, p := range deps(t, "./upstream") {
+		switch p {
+		case modulePath + "/proxy", modulePath + "/routes", "github.com/valyala/fasthttp":
+			// The proxy owns the HTTP clients it attaches to targets.
+			t.Errorf("upstream depends on %s", p)
 		}
 	}
 

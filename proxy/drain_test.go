@@ -43,7 +43,7 @@ func TestSessionsEndWithoutLeaks(t *testing.T) {
 			}
 		}
 	})
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
 	session := func(i int) error {
 		c, _, err := d.Dial("ws://"+p.addr+"/", nil)
@@ -137,7 +137,7 @@ func TestDrain(t *testing.T) {
 	const n = 20
 	backendErrs := make(chan error, n)
 	backend := startWSBackend(t, nil, func(c *websocket.Conn) { backendErrs <- echoUntilError(c) })
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	clientErrs := make(chan error, n)
 	for i := range n {
 		c, _ := dialWS(t, p.addr, "/", nil)
@@ -183,7 +183,7 @@ func TestDrain(t *testing.T) {
 func TestDrainForced(t *testing.T) {
 	backendErrs := make(chan error, 2)
 	backend := startWSBackend(t, nil, func(c *websocket.Conn) { backendErrs <- echoUntilError(c) })
-	p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
+	p := startProxyWith(t, slowCloses(), wsRoute(testUpstream(backend)))
 	mute := dialRaw(t, p.addr, "/", nil) // stops reading after the handshake
 	polite, _ := dialWS(t, p.addr, "/", nil)
 	politeErr := make(chan error, 1)
@@ -290,7 +290,7 @@ func TestDrainWaitsForFrameInFlight(t *testing.T) {
 			c.Write(makeFrame(0x88, nil, f.payload))
 		}
 	})
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	w := dialRaw(t, p.addr, "/", nil)
 	// Read the first half: the relay is now inside the frame.
 	w.c.SetReadDeadline(time.Now().Add(5 * time.Second))

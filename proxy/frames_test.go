@@ -400,7 +400,7 @@ func violations(key *[4]byte) []violation {
 func TestClientProtocolViolations(t *testing.T) {
 	backendErr := make(chan error, 1)
 	backend := startWSBackend(t, nil, func(c *websocket.Conn) { backendErr <- echoUntilError(c) })
-	p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
+	p := startProxyWith(t, slowCloses(), wsRoute(testUpstream(backend)))
 	key := [4]byte{0xa1, 0x02, 0xc3, 0x44}
 	cases := append(violations(&key), violation{"close reason not UTF-8", makeFrame(0x88, &key, closeBody(1000, "\xff\xfe"))})
 	for _, tc := range cases {
@@ -454,7 +454,7 @@ func TestBackendProtocolViolations(t *testing.T) {
 					}
 				}
 			})
-			p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
+			p := startProxyWith(t, slowCloses(), wsRoute(testUpstream(backend)))
 			c, _ := dialWS(t, p.addr, "/", nil)
 			c.SetReadDeadline(time.Now().Add(hangGuard))
 			err := readUntilError(c)

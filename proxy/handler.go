@@ -15,12 +15,16 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // Options configures a [Handler].
 type Options struct {
 	// Routes is the route table; required.
 	Routes *routes.Table
+	// Upstreams are the live upstreams the routes name; every upstream a
+	// route names must be here. The caller starts and closes them.
+	Upstreams []*upstream.Set
 	// TrustedProxies are the peers whose X-Forwarded-* headers are kept.
 	TrustedProxies []netip.Prefix
 	// WriteTimeout is the longest silence allowed while writing to a
@@ -50,8 +54,8 @@ type Handler struct {
 	body      time.Duration
 	accessLog bool
 	log       *slog.Logger
-	closeWait time.Duration              // the close-handshake budget (see closeWait)
-	pools     map[*routes.Upstream]*pool // read-only after New
+	closeWait time.Duration                      // the close-handshake budget (see closeWait)
+	sets      map[*routes.Upstream]*upstream.Set // read-only after New
 	statics   map[*routes.Route]fasthttp.RequestHandler
 
 	mu        sync.Mutex
@@ -75,7 +79,7 @@ func New(o Options) *Handler {
 		accessLog: o.AccessLog,
 		log:       o.Logger,
 		closeWait: o.closeWait,
-		pools:     map[*routes.Upstream]*pool{},
+		sets:      map[*routes.Upstream]*upstream.Set{},
 		statics:   map[*routes.Route]fasthttp.RequestHandler{},
 		sessions:  map[*session]struct{}{},
 		changed:   make(chan struct{}),
@@ -92,9 +96,17 @@ func New(o Options) *Handler {
 	if h.closeWait <= 0 {
 		h.closeWait = closeWait
 	}
+	byName := make(map[string]*upstream.Set, len(o.Upstreams))
+	for _, s := range o.Upstreams {
+		byName[s.Name()] = s
+	}
 	for _, r := range h.table.Routes() {
-		if r.Upstream != nil && h.pools[r.Upstream] == nil {
-			h.pools[r.Upstream] = newPool(r.Upstream)
+		if r.Upstream != nil && h.sets[r.Upstream] == nil {
+			s := byName[r.Upstream.Name]
+			if s == nil {
+				panic(fmt.Sprintf("proxy: route %q names upstream %q, which is not in Options.Upstreams", r.Name, r.Upstream.Name))
+			}
+			h.sets[r.Upstream] = s
 		}
 		if r.Static != nil {
 			h.statics[r] = newStatic(r)

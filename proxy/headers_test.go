@@ -152,7 +152,7 @@ func captureBackend(t *testing.T) (string, <-chan []string) {
 
 func TestHopByHopRemovedFromRequest(t *testing.T) {
 	backend, heads := captureBackend(t)
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	for _, tc := range []struct {
 		name, head string
 		gone       []string // lower-cased names the backend must not see
@@ -195,7 +195,7 @@ func TestHopByHopRemovedFromRequest(t *testing.T) {
 
 func TestConnectionCannotRemoveForwardedHeaders(t *testing.T) {
 	backend, heads := captureBackend(t)
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	resp, _ := rawStatus(t, p.addr, "GET / HTTP/1.1\r\nHost: app.example\r\n"+
 		"Connection: X-Forwarded-For, x-forwarded-proto, X-FORWARDED-HOST\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
 	if resp.StatusCode != 200 {
@@ -222,7 +222,7 @@ func TestHopByHopRemovedFromResponse(t *testing.T) {
 					io.WriteString(c, tc.head) // then close, as announced
 				}
 			})
-			p := startProxy(t, wsRoute(upstream(addr)))
+			p := startProxy(t, wsRoute(testUpstream(addr)))
 			resps, bodies, c := rawExchange(t, p.addr, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n", 1)
 			resp := resps[0]
 			if resp.StatusCode != 200 || bodies[0] != "ok" || resp.Header.Get("X-Kept") != "yes" {
@@ -271,10 +271,10 @@ func TestForwardedHeaders(t *testing.T) {
 			realIP: r.Header.Values("X-Real-Ip"),
 		}
 	}))
-	untrusted := startProxy(t, wsRoute(upstream(backend)))
+	untrusted := startProxy(t, wsRoute(testUpstream(backend)))
 	trusted := startProxyWith(t, proxySetup{Options: Options{
 		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-	}}, wsRoute(upstream(backend)))
+	}}, wsRoute(testUpstream(backend)))
 	c := httpClient(t)
 
 	for _, tc := range []struct {

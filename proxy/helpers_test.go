@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // startBackend serves h on 127.0.0.1:0 until the test ends and returns
@@ -64,26 +66,39 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// upstream returns an upstream of plain http targets.
-func upstream(addrs ...string) *routes.Upstream {
-	up := &routes.Upstream{
-		Name:            "test",
+// testUpstreams holds every upstream testUpstream made, by name, for
+// startProxyWith to build its sets from.
+var (
+	testUpstreams   sync.Map // name → *upstream.Config
+	testUpstreamSeq atomic.Int64
+)
+
+// testUpstream returns an upstream of plain http targets with a name of
+// its own; startProxyWith builds and starts its set.
+func testUpstream(addrs ...string) *upstream.Config {
+	up := &upstream.Config{
+		Name:            fmt.Sprintf("test%d", testUpstreamSeq.Add(1)),
 		ConnectTimeout:  2 * time.Second,
 		ResponseTimeout: 5 * time.Second,
 		MaxConnections:  64,
 	}
 	for _, a := range addrs {
-		up.Targets = append(up.Targets, routes.Target{Scheme: "http", Addr: a})
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			panic(err)
+		}
+		up.Targets = append(up.Targets, upstream.TargetConfig{Scheme: "http", Host: host, Port: port})
 	}
+	testUpstreams.Store(up.Name, up)
 	return up
 }
 
 // wsRoute returns a catch-all route to up with WebSocket enabled.
-func wsRoute(up *routes.Upstream) *routes.Route {
+func wsRoute(up *upstream.Config) *routes.Route {
 	return &routes.Route{
 		Name:           "test",
 		PathPrefix:     "/",
-		Upstream:       up,
+		Upstream:       &routes.Upstream{Name: up.Name},
 		MaxRequestBody: 1 << 30,
 		WebSocket: routes.WebSocket{
 			Enabled:          true,
@@ -247,6 +262,22 @@ func startProxyWith(t testing.TB, s proxySetup, rs ...*routes.Route) *testProxy 
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	}
+	var sets []*upstream.Set
+	seen := map[string]bool{}
+	for _, r := range rs {
+		if r.Upstream == nil || seen[r.Upstream.Name] {
+			continue
+		}
+		seen[r.Upstream.Name] = true
+		cfg, ok := testUpstreams.Load(r.Upstream.Name)
+		if !ok {
+			t.Fatalf("route %q: upstream %q was not made by testUpstream", r.Name, r.Upstream.Name)
+		}
+		set := upstream.New(cfg.(*upstream.Config), upstream.Options{Logger: o.Logger})
+		set.Start()
+		sets = append(sets, set)
+	}
+	o.Upstreams = sets
 	h := New(o)
 	srv := NewServer(h, s.Server)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -264,6 +295,9 @@ func startProxyWith(t testing.TB, s proxySetup, rs ...*routes.Route) *testProxy 
 		srv.ShutdownWithContext(ctx)
 		h.Drain(ctx)
 		<-done
+		for _, set := range sets {
+			set.Close()
+		}
 		if t.Failed() {
 			t.Logf("proxy logs:\n%s", logs.String())
 		}

@@ -8,37 +8,23 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/upstream"
 )
 
-// pool holds one fasthttp.HostClient per target of an upstream and picks
-// targets round-robin.
-type pool struct {
-	up      *routes.Upstream
-	targets []*target
-	next    atomic.Uint32
+// client returns t's HTTP client, creating it on first use.
+func client(t *upstream.Target) *fasthttp.HostClient {
+	return t.Attached(newHostClient).(*fasthttp.HostClient)
 }
 
-type target struct {
-	routes.Target
-	client *fasthttp.HostClient
-}
-
-func newPool(up *routes.Upstream) *pool {
-	p := &pool{up: up}
-	for _, t := range up.Targets {
-		p.targets = append(p.targets, &target{Target: t, client: newHostClient(up, t)})
-	}
-	return p
-}
-
-func newHostClient(up *routes.Upstream, t routes.Target) *fasthttp.HostClient {
+// newHostClient returns the pooled HTTP client of a target.
+func newHostClient(t *upstream.Target) any {
+	up := t.Set().Config()
 	connect := up.ConnectTimeout
 	if connect <= 0 {
 		connect = 5 * time.Second
@@ -145,16 +131,10 @@ func (c *idleConn) SetReadDeadline(time.Time) error { return nil }
 // SetWriteDeadline is a no-op: Write owns the write deadline.
 func (c *idleConn) SetWriteDeadline(time.Time) error { return nil }
 
-// pick returns the targets in the order to try: round-robin start, then
-// the others, so a refused connection moves on to the next target.
-func (p *pool) pick() (first int) {
-	return int(p.next.Add(1)-1) % len(p.targets)
-}
-
 // serveHTTP forwards a plain HTTP request to r's upstream and streams the
 // response back.
 func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
-	p := h.pools[r.Upstream]
+	set := h.sets[r.Upstream]
 	limit := r.MaxRequestBody
 
 	// Body limit before any byte goes upstream (413).
@@ -184,16 +164,17 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	resp := fasthttp.AcquireResponse()
 	var (
 		err error
-		t   *target
+		t   *upstream.Target
+		a   upstream.Attempt
 	)
-	start := p.pick()
-	for i := range p.targets {
-		t = p.targets[(start+i)%len(p.targets)]
+	set.Begin(&a)
+	for {
+		t = a.Next()
 		req.URI().SetScheme(t.Scheme)
-		err = t.client.Do(req, resp)
+		err = client(t).Do(req, resp)
 		// Only a refused connect moves on: nothing was sent, so the
 		// request (even a streamed body) is intact.
-		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		if err == nil || !a.Failed(t, tryResult(err)) {
 			break
 		}
 	}
@@ -374,6 +355,14 @@ func appendEscapedPath(dst, p []byte) []byte {
 		}
 	}
 	return dst
+}
+
+// tryResult classifies a failed try for the upstream set.
+func tryResult(err error) upstream.Result {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return upstream.ConnectFailed
+	}
+	return upstream.Failed
 }
 
 // upstreamStatus maps an upstream error to the status the client gets:

@@ -71,7 +71,7 @@ func TestHTTPForwardsEveryMethod(t *testing.T) {
 		io.WriteString(w, "got ")
 		w.Write(body)
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	c := httpClient(t)
 
 	for _, method := range []string{"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
@@ -270,7 +270,7 @@ func TestHTTPStreamsLargeBodies(t *testing.T) {
 		t.Skip("moves 1 GiB through the proxy")
 	}
 	backend := startBackend(t, bodyBackend())
-	p := startProxy(t, wsRoute(upstream(backend))) // MaxRequestBody 1 GiB
+	p := startProxy(t, wsRoute(testUpstream(backend))) // MaxRequestBody 1 GiB
 	c := httpClient(t)
 	want := patternHash(size)
 
@@ -333,7 +333,7 @@ func TestHTTPStreamsLargeBodies(t *testing.T) {
 
 func TestHTTPChunkedFramingPreserved(t *testing.T) {
 	backend := startBackend(t, bodyBackend())
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 
 	// Chunked request (three chunks, a trailer-free end) → chunked upstream.
 	req := "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
@@ -390,7 +390,7 @@ func TestHTTPServerSentEventsOutliveWriteTimeout(t *testing.T) {
 		}
 		backendErr <- nil
 	}))
-	p := startProxyWith(t, proxySetup{Server: ServerOptions{WriteTimeout: writeTimeout}}, wsRoute(upstream(backend)))
+	p := startProxyWith(t, proxySetup{Server: ServerOptions{WriteTimeout: writeTimeout}}, wsRoute(testUpstream(backend)))
 
 	start := time.Now()
 	resp, err := httpClient(t).Get("http://" + p.addr + "/events")
@@ -433,7 +433,7 @@ func TestHTTPServerSentEventsOutliveWriteTimeout(t *testing.T) {
 }
 
 func TestHTTPUpstreamRefused(t *testing.T) {
-	p := startProxy(t, wsRoute(upstream(closedPort(t))))
+	p := startProxy(t, wsRoute(testUpstream(closedPort(t))))
 	resp, body := do(t, httpClient(t), newRequest(t, "GET", "http://"+p.addr+"/", nil))
 	// 502, not the 504 of a connect or response timeout: the refusal
 	// itself was seen.
@@ -449,7 +449,7 @@ func TestHTTPSkipsRefusedTarget(t *testing.T) {
 	good := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	}))
-	p := startProxy(t, wsRoute(upstream(closedPort(t), good)))
+	p := startProxy(t, wsRoute(testUpstream(closedPort(t), good)))
 	c := httpClient(t)
 	for i := range 6 { // round-robin starts on each target three times
 		for _, method := range []string{"GET", "POST"} {
@@ -482,7 +482,7 @@ func TestHTTPResponseTimeout(t *testing.T) {
 	for _, method := range []string{"GET", "HEAD", "PUT", "DELETE", "POST"} {
 		t.Run(method, func(t *testing.T) {
 			addr, accepted, requests := headOnlyBackend(t)
-			up := upstream(addr)
+			up := testUpstream(addr)
 			up.ResponseTimeout = timeout
 			p := startProxy(t, wsRoute(up))
 
@@ -514,7 +514,7 @@ func TestHTTPUploadToStalledBackend(t *testing.T) {
 		}
 	})
 	t.Cleanup(func() { close(stop) }) // runs before the backend's cleanup
-	up := upstream(addr)
+	up := testUpstream(addr)
 	up.ResponseTimeout = timeout
 	p := startProxy(t, wsRoute(up))
 
@@ -550,7 +550,7 @@ func TestHTTPGarbageResponse(t *testing.T) {
 			io.WriteString(c, "HELLO\r\n\r\n")
 		}
 	})
-	p := startProxy(t, wsRoute(upstream(addr)))
+	p := startProxy(t, wsRoute(testUpstream(addr)))
 	resp, body := do(t, httpClient(t), newRequest(t, "GET", "http://"+p.addr+"/", nil))
 	if resp.StatusCode != http.StatusBadGateway || strings.Contains(body, "HELLO") {
 		t.Errorf("status %d body %q, want 502 without the garbage", resp.StatusCode, body)
@@ -569,7 +569,7 @@ func TestHTTPTruncatedUpstreamBody(t *testing.T) {
 				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
 			}
 		})
-		p := startProxy(t, wsRoute(upstream(addr)))
+		p := startProxy(t, wsRoute(testUpstream(addr)))
 		resp, body := do(t, httpClient(t), newRequest(t, "GET", "http://"+p.addr+"/", nil))
 		if resp.StatusCode != http.StatusBadGateway || strings.Contains(body, "0123456789") {
 			t.Errorf("status %d body %q, want 502 without the partial body", resp.StatusCode, body)
@@ -587,7 +587,7 @@ func TestHTTPTruncatedUpstreamBody(t *testing.T) {
 					io.WriteString(c, tc.head+"0123456789")
 				}
 			})
-			p := startProxy(t, wsRoute(upstream(addr)))
+			p := startProxy(t, wsRoute(testUpstream(addr)))
 			resp, err := httpClient(t).Get("http://" + p.addr + "/")
 			if err != nil {
 				return // the truncation is visible as a failed exchange
@@ -617,7 +617,7 @@ func TestHTTPClientGoneLogged499(t *testing.T) {
 			}
 		}
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	_, _, c := rawExchange(t, p.addr, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n", 0)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
@@ -641,7 +641,7 @@ func TestHTTPResponseIsWsgatesOwn(t *testing.T) {
 			io.WriteString(c, "HTTP/1.0 200 OK\r\nContent-Length: 2\r\nX-Backend: 1\r\n\r\nok")
 		}
 	})
-	p := startProxy(t, wsRoute(upstream(addr)))
+	p := startProxy(t, wsRoute(testUpstream(addr)))
 	resps, bodies, c := rawExchange(t, p.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1)
 	resp := resps[0]
 	if resp.Proto != "HTTP/1.1" || resp.Close {
@@ -664,7 +664,7 @@ func TestHTTPKeepAlivePooling(t *testing.T) {
 		io.Copy(io.Discard, r.Body)
 		io.WriteString(w, "hello, world\n")
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	c := httpClient(t)
 	for i := range 50 {
 		method, body := "GET", io.Reader(nil)
@@ -704,7 +704,7 @@ func TestHTTPPoolReusesNewestConnection(t *testing.T) {
 		}
 		io.WriteString(w, "ok")
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	c := httpClient(t)
 	errs := make(chan error, burst)
 	for range burst {
@@ -746,7 +746,7 @@ func TestHTTPPoolReusesNewestConnection(t *testing.T) {
 }
 
 func TestHTTPNoRoute(t *testing.T) {
-	r := wsRoute(upstream(closedPort(t)))
+	r := wsRoute(testUpstream(closedPort(t)))
 	r.PathPrefix = "/api"
 	p := startProxy(t, r)
 	resp, body := do(t, httpClient(t), newRequest(t, "GET", "http://"+p.addr+"/other", nil))
@@ -840,7 +840,7 @@ func TestRouteHeaderOps(t *testing.T) {
 		w.Header().Add("X-Powered-By", "php")
 		w.Header().Set("X-Keep", "yes")
 	}))
-	r := wsRoute(upstream(backend))
+	r := wsRoute(testUpstream(backend))
 	r.RequestHeaders = routes.HeaderOps{
 		Set:    []routes.Header{{Name: "X-Api-Version", Value: "2"}},
 		Remove: []string{"x-debug"},
@@ -880,7 +880,7 @@ func BenchmarkHTTPProxy(b *testing.B) {
 	go backend.Serve(ln)
 	b.Cleanup(func() { backend.Shutdown() })
 
-	up := upstream(ln.Addr().String())
+	up := testUpstream(ln.Addr().String())
 	p := startProxyWith(b, proxySetup{NoAccessLog: true}, wsRoute(up))
 
 	c := &fasthttp.HostClient{Addr: p.addr, MaxConns: 1}
@@ -908,10 +908,10 @@ func TestUpstreamPath(t *testing.T) {
 	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen <- [2]string{r.RequestURI, r.Host}
 	}))
-	plain := wsRoute(upstream(backend))
-	strip := wsRoute(upstream(backend))
+	plain := wsRoute(testUpstream(backend))
+	strip := wsRoute(testUpstream(backend))
 	strip.PathPrefix, strip.StripPrefix = "/api", true
-	host := wsRoute(upstream(backend))
+	host := wsRoute(testUpstream(backend))
 	host.PathPrefix = "/host"
 	host.RequestHeaders.Set = []routes.Header{{Name: "Host", Value: "internal.example"}}
 	p := startProxy(t, plain, strip, host)

@@ -41,7 +41,7 @@ func parkedLegs(h *Handler) int {
 // reaches parked sessions too.
 func TestParkedSessionsRelay(t *testing.T) {
 	backend := startBackend(t, echoWS(t))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	const n = 20
 	conns := make([]*websocket.Conn, n)
 	for i := range conns {
@@ -89,7 +89,7 @@ func TestParkedSessionsRelay(t *testing.T) {
 // goroutine of the proxy (the net/http backend keeps one per connection).
 func TestParkedSessionsCostNoGoroutine(t *testing.T) {
 	backend := startBackend(t, echoWS(t))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	// Warm the fasthttp worker pool so its goroutines are not counted.
 	for range 4 {
 		c, _ := dialWS(t, p.addr, "/", nil)
@@ -113,7 +113,7 @@ func TestParkedSessionsCostNoGoroutine(t *testing.T) {
 // timeout (the sweep hands it back to a goroutine before the deadline).
 func TestParkedSessionIdleTimeout(t *testing.T) {
 	backend := startBackend(t, echoWS(t))
-	r := wsRoute(upstream(backend))
+	r := wsRoute(testUpstream(backend))
 	r.WebSocket.IdleTimeout = parkMargin + 500*time.Millisecond // long enough to park
 	p := startProxy(t, r)
 	c, _ := dialWS(t, p.addr, "/", nil)
@@ -130,7 +130,7 @@ func TestParkedSessionIdleTimeout(t *testing.T) {
 // answers the close is cut when the drain budget ends, and ends.
 func TestParkedSessionForcedDrain(t *testing.T) {
 	backend := startBackend(t, echoWS(t))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	c, _ := dialWS(t, p.addr, "/", nil)
 	waitFor(t, "legs parked", 5*time.Second, func() bool { return parkedLegs(p.h) == 2 })
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -154,7 +154,7 @@ func TestParkedSessionForcedDrain(t *testing.T) {
 // are counted, and no leg goes back to a pump goroutine.
 func TestPollerRelaysFrames(t *testing.T) {
 	backend := startBackend(t, echoWS(t))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	const n, rounds = 20, 5
 	conns := make([]*websocket.Conn, n)
 	for i := range conns {
@@ -324,7 +324,7 @@ func TestPollerSeesEndAfterData(t *testing.T) {
 		results <- err
 		results <- readUntilError(c)
 	})
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	clients := make([]*rawWS, n)
 	for i := range clients {
 		clients[i] = dialRaw(t, p.addr, "/", nil)

@@ -35,7 +35,7 @@ import (
 // ways, including a message the client streams in several fragments.
 func TestRelayMessageTypes(t *testing.T) {
 	backend := startWSBackend(t, nil, func(c *websocket.Conn) { echoUntilError(c) })
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	d := websocket.Dialer{WriteBufferSize: 1024} // messages over 1 KiB leave the client fragmented
 	c, _, err := d.Dial("ws://"+p.addr+"/", nil)
 	if err != nil {
@@ -115,7 +115,7 @@ func reflectBackend(t testing.TB, got chan<- reflectedFrame) string {
 // masked with wsgate's own key.
 func TestRelayFrameBoundaries(t *testing.T) {
 	got := make(chan reflectedFrame, 100)
-	p := startProxy(t, wsRoute(upstream(reflectBackend(t, got))))
+	p := startProxy(t, wsRoute(testUpstream(reflectBackend(t, got))))
 	w := dialRaw(t, p.addr, "/", nil)
 
 	big := make([]byte, 100000)
@@ -234,7 +234,7 @@ func TestRelay64MiBFlatMemory(t *testing.T) {
 			c.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, "%d %x", n, h.Sum(nil)))
 		}
 	})
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	// 32 KiB frames exercise the streaming path (frames larger than the
 	// relay's read buffer); the default 4 KiB the in-buffer path.
 	for _, frame := range []int{32 << 10, 4 << 10} {
@@ -304,7 +304,7 @@ func TestRelayPings(t *testing.T) {
 			}
 		}
 	})
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	c, _ := dialWS(t, p.addr, "/", nil)
 	clientPong := make(chan string, 1)
 	c.SetPongHandler(func(data string) error {
@@ -356,7 +356,7 @@ func TestRelayCloseCodes(t *testing.T) {
 		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, "bye from backend"), time.Now().Add(5*time.Second))
 		readUntilError(c)
 	})
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 
 	var codes []int
 	for c := 1000; c <= 1003; c++ {
@@ -420,7 +420,7 @@ func TestRelayBackendGone(t *testing.T) {
 			backend := startWSRawBackend(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
 				write101(c, req, "", tc.tail)
 			})
-			p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
+			p := startProxyWith(t, slowCloses(), wsRoute(testUpstream(backend)))
 			c, _ := dialWS(t, p.addr, "/", nil)
 			c.SetReadDeadline(time.Now().Add(hangGuard))
 			var got []string
@@ -447,7 +447,7 @@ func TestRelayBackendGone(t *testing.T) {
 func TestRelayClientGone(t *testing.T) {
 	backendErr := make(chan error, 1)
 	backend := startWSBackend(t, nil, func(c *websocket.Conn) { backendErr <- echoUntilError(c) })
-	p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
+	p := startProxyWith(t, slowCloses(), wsRoute(testUpstream(backend)))
 	w := dialRaw(t, p.addr, "/", nil)
 	w.send(0x81, []byte("hi"))
 	if f, err := w.read(5 * time.Second); err != nil || string(f.payload) != "hi" {
@@ -470,7 +470,7 @@ func TestRelayPeerGoneMidFrame(t *testing.T) {
 	t.Run("client", func(t *testing.T) {
 		backendErr := make(chan error, 1)
 		backend := startWSBackend(t, nil, func(c *websocket.Conn) { backendErr <- readUntilError(c) })
-		p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
+		p := startProxyWith(t, slowCloses(), wsRoute(testUpstream(backend)))
 		w := dialRaw(t, p.addr, "/", nil)
 		frame := makeFrame(0x82, &w.key, make([]byte, frameLen))
 		w.write(frame[:len(frame)/2])
@@ -489,7 +489,7 @@ func TestRelayPeerGoneMidFrame(t *testing.T) {
 		backend := startWSRawBackend(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
 			write101(c, req, "", half)
 		})
-		p := startProxyWith(t, slowCloses(), wsRoute(upstream(backend)))
+		p := startProxyWith(t, slowCloses(), wsRoute(testUpstream(backend)))
 		w := dialRaw(t, p.addr, "/", nil)
 		w.c.SetReadDeadline(time.Now().Add(hangGuard))
 		n, err := io.Copy(io.Discard, w.br)
@@ -574,9 +574,9 @@ func TestRelayMaxMessageSize(t *testing.T) {
 			}
 		}
 	})
-	countingRoute := wsRoute(upstream(countingBackend))
+	countingRoute := wsRoute(testUpstream(countingBackend))
 	countingRoute.WebSocket.MaxMessageSize = limit
-	sendingRoute := pathRoute("/send", wsRoute(upstream(sendingBackend)))
+	sendingRoute := pathRoute("/send", wsRoute(testUpstream(sendingBackend)))
 	sendingRoute.WebSocket.MaxMessageSize = limit
 	p := startProxy(t, countingRoute, sendingRoute)
 
@@ -683,7 +683,7 @@ func TestRelayIdleTimeout(t *testing.T) {
 		}
 		backendErr <- readUntilError(c)
 	})
-	r := wsRoute(upstream(backend))
+	r := wsRoute(testUpstream(backend))
 	r.WebSocket.IdleTimeout = idle
 	p := startProxy(t, r)
 
@@ -753,7 +753,7 @@ func TestRelayEarlyBytes(t *testing.T) {
 			}
 			readRawFrame(br) // until the client closes
 		})
-		p := startProxy(t, wsRoute(upstream(backend)))
+		p := startProxy(t, wsRoute(testUpstream(backend)))
 		c, _ := dialWS(t, p.addr, "/", nil)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		typ, msg, err := c.ReadMessage()
@@ -787,7 +787,7 @@ func TestRelayEarlyBytes(t *testing.T) {
 				c.Write(makeFrame(0x81, nil, r.frame.payload))
 			}
 		})
-		p := startProxy(t, wsRoute(upstream(backend)))
+		p := startProxy(t, wsRoute(testUpstream(backend)))
 		key := [4]byte{0x37, 0xfa, 0x21, 0x3d}
 		w := dialRaw(t, p.addr, "/", makeFrame(0x81, &key, []byte("early from client")))
 		r := <-got
@@ -843,7 +843,7 @@ func TestRelayPermessageDeflate(t *testing.T) {
 		defer c.Close()
 		echoUntilError(c)
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	d := websocket.Dialer{EnableCompression: true}
 	c, resp, err := d.Dial("ws://"+p.addr+"/", nil)
 	if err != nil {
@@ -906,7 +906,7 @@ func TestRelayExtensionNotOffered(t *testing.T) {
 				write101(c, req, "Sec-WebSocket-Extensions: "+tc.backendExt+"\r\n", nil)
 				readRawFrame(br)
 			})
-			p := startProxy(t, wsRoute(upstream(backend)))
+			p := startProxy(t, wsRoute(testUpstream(backend)))
 			ext := ""
 			if tc.clientExt != "" {
 				ext = "Sec-WebSocket-Extensions: " + tc.clientExt + "\r\n"
@@ -934,7 +934,7 @@ func TestRelaySessionLog(t *testing.T) {
 		c.WriteMessage(websocket.TextMessage, []byte("extra"))
 		readUntilError(c) // echoes the client's close
 	})
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	c, _ := dialWS(t, p.addr, "/", nil)
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for i := range 3 {
@@ -984,7 +984,7 @@ func BenchmarkRelay(b *testing.B) {
 			}
 		}
 	})
-	p := startProxy(b, wsRoute(upstream(backend)))
+	p := startProxy(b, wsRoute(testUpstream(backend)))
 	for _, size := range []struct {
 		name string
 		n    int
@@ -1162,7 +1162,7 @@ func TestRelaySlowClient(t *testing.T) {
 		}()
 		backendErr <- readUntilError(c)
 	})
-	p := startProxyWith(t, proxySetup{Options: Options{WriteTimeout: 300 * time.Millisecond}}, wsRoute(upstream(backend)))
+	p := startProxyWith(t, proxySetup{Options: Options{WriteTimeout: 300 * time.Millisecond}}, wsRoute(testUpstream(backend)))
 	dialRaw(t, p.addr, "/", nil) // never reads
 	err := recvErr(t, "the backend's close", backendErr, 10*time.Second)
 	if code, _ := closeCode(err); code != 1001 {
@@ -1209,9 +1209,9 @@ func TestRelayHugeDeclaredLength(t *testing.T) {
 			s.first[i] ^= s.f.key[i&3]
 		}
 	})
-	limited := pathRoute("/limited", wsRoute(upstream(backend)))
+	limited := pathRoute("/limited", wsRoute(testUpstream(backend)))
 	limited.WebSocket.MaxMessageSize = 1000
-	p := startProxy(t, wsRoute(upstream(backend)), limited)
+	p := startProxy(t, wsRoute(testUpstream(backend)), limited)
 	const huge = 1<<63 - 1
 	header := func(w *rawWS) []byte {
 		b := []byte{0x82, 0x80 | 127}

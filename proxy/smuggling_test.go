@@ -27,7 +27,7 @@ func countingBackend(t *testing.T) (string, *atomic.Int64) {
 
 func TestSmugglingRejected(t *testing.T) {
 	backend, reached := countingBackend(t)
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	const post = "POST / HTTP/1.1\r\nHost: x\r\n"
 	for _, tc := range []struct {
 		name, req string
@@ -93,7 +93,7 @@ func TestMalformedChunkedBodyClosesConnection(t *testing.T) {
 			complete.Add(1)
 		}
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	const next = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 	for _, tc := range []struct{ name, body string }{
 		{"bad chunk end", "5\r\nhelloXX" + next},
@@ -121,7 +121,7 @@ func TestMalformedChunkedBodyClosesConnection(t *testing.T) {
 
 func TestRequestHeaderTooLarge(t *testing.T) {
 	backend, reached := countingBackend(t)
-	p := startProxyWith(t, proxySetup{Server: ServerOptions{HeaderBytes: 4096}}, wsRoute(upstream(backend)))
+	p := startProxyWith(t, proxySetup{Server: ServerOptions{HeaderBytes: 4096}}, wsRoute(testUpstream(backend)))
 
 	resps, _, c := rawExchange(t, p.addr, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 8<<10)+"\r\n\r\n", 1)
 	if got := resps[0].StatusCode; got != http.StatusRequestHeaderFieldsTooLarge {
@@ -156,7 +156,7 @@ func TestRequestBodyLimit(t *testing.T) {
 		n, err := io.Copy(io.Discard, r.Body)
 		results <- result{n, err == nil}
 	}))
-	r := wsRoute(upstream(backend))
+	r := wsRoute(testUpstream(backend))
 	r.MaxRequestBody = limit
 	p := startProxy(t, r)
 
@@ -249,7 +249,7 @@ func TestH2CUpgradeNotForwarded(t *testing.T) {
 		seen <- r.Header.Clone()
 		io.WriteString(w, "plain")
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	resp, body := rawStatus(t, p.addr, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n"+
 		"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n")
 	if resp.StatusCode != 200 || body != "plain" {
@@ -269,7 +269,7 @@ func TestUpgradeOnRouteWithoutWebSocket(t *testing.T) {
 		seen <- r.Header.Clone()
 		io.WriteString(w, "plain")
 	}))
-	r := wsRoute(upstream(backend))
+	r := wsRoute(testUpstream(backend))
 	r.WebSocket.Enabled = false
 	p := startProxy(t, r)
 	resps, bodies, c := rawExchange(t, p.addr, "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
@@ -298,7 +298,7 @@ func TestBackendSwitchingProtocolsOnPlainRequest(t *testing.T) {
 			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nBYTES-OF-ANOTHER-PROTOCOL")
 		}
 	})
-	p := startProxy(t, wsRoute(upstream(addr)))
+	p := startProxy(t, wsRoute(testUpstream(addr)))
 	resp, body := rawStatus(t, p.addr, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
 	if resp.StatusCode != http.StatusBadGateway || strings.Contains(body, "BYTES") {
 		t.Errorf("status %d body %q, want 502", resp.StatusCode, body)
@@ -307,7 +307,7 @@ func TestBackendSwitchingProtocolsOnPlainRequest(t *testing.T) {
 
 func TestAbsoluteFormTarget(t *testing.T) {
 	backend, heads := captureBackend(t)
-	r := wsRoute(upstream(backend))
+	r := wsRoute(testUpstream(backend))
 	r.Hosts = []string{"app.example"}
 	p := startProxy(t, r)
 	// RFC 9112 §3.2.2: the target's authority replaces Host, for routing

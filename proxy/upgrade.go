@@ -14,12 +14,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // isUpgradeAttempt reports whether the request asks for a WebSocket
@@ -131,7 +131,7 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, r *routes.Route) {
 
 // backendHandshake is the backend's answer to wsgate's upgrade request.
 type backendHandshake struct {
-	target *target
+	target *upstream.Target
 	conn   net.Conn
 	br     *bufio.Reader // holds any bytes the backend sent after its head
 	resp   *http.Response
@@ -152,18 +152,19 @@ var errBadHandshake = errors.New("invalid websocket handshake response")
 // the answer. On a 101 it checks Upgrade, Connection, Sec-WebSocket-Accept
 // and that the chosen subprotocol and extensions were offered.
 func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r *routes.Route) (*backendHandshake, error) {
-	p := h.pools[r.Upstream]
+	set := h.sets[r.Upstream]
 	deadline, _ := bctx.Deadline()
 	var (
 		conn net.Conn
 		err  error
-		t    *target
+		t    *upstream.Target
+		a    upstream.Attempt
 	)
-	start := p.pick()
-	for i := range p.targets {
-		t = p.targets[(start+i)%len(p.targets)]
-		conn, err = dialTarget(bctx, p.up, t)
-		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+	set.Begin(&a)
+	for {
+		t = a.Next()
+		conn, err = dialTarget(bctx, set.Config(), t)
+		if err == nil || !a.Failed(t, tryResult(err)) {
 			break
 		}
 	}
@@ -246,7 +247,7 @@ func takeBuffered(br *bufio.Reader) []byte {
 }
 
 // dialTarget opens a TCP (and for https targets a TLS) connection.
-func dialTarget(bctx context.Context, up *routes.Upstream, t *target) (net.Conn, error) {
+func dialTarget(bctx context.Context, up *upstream.Config, t *upstream.Target) (net.Conn, error) {
 	d := net.Dialer{Timeout: up.ConnectTimeout}
 	conn, err := d.DialContext(bctx, "tcp", t.Addr)
 	if err != nil {
@@ -361,15 +362,15 @@ func (h *Handler) relayRefusal(ctx *fasthttp.RequestCtx, r *routes.Route, bh *ba
 		resp.Body.Close()
 		bh.conn.Close()
 	} else {
-		_ = bh.conn.SetDeadline(time.Now().Add(responseTimeout(r)))
+		_ = bh.conn.SetDeadline(time.Now().Add(h.responseTimeout(r)))
 		ctx.Response.SetBodyStream(&refusalBody{body: resp.Body, conn: bh.conn}, int(resp.ContentLength))
 	}
 	h.logRequest(ctx, r, resp.StatusCode, bh.target.Addr)
 }
 
-func responseTimeout(r *routes.Route) time.Duration {
-	if r.Upstream.ResponseTimeout > 0 {
-		return r.Upstream.ResponseTimeout
+func (h *Handler) responseTimeout(r *routes.Route) time.Duration {
+	if d := h.sets[r.Upstream].Config().ResponseTimeout; d > 0 {
+		return d
 	}
 	return 60 * time.Second
 }
@@ -424,7 +425,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 	// it (the write failed, the connection is closing). Then nobody owns
 	// the backend connection, so a timer reclaims it.
 	claimed := make(chan struct{})
-	abandon := time.AfterFunc(h.closeWait+responseTimeout(r), func() {
+	abandon := time.AfterFunc(h.closeWait+h.responseTimeout(r), func() {
 		select {
 		case <-claimed:
 		default:

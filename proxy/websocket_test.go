@@ -18,7 +18,7 @@ import (
 
 func TestWebSocketEcho(t *testing.T) {
 	backend := startBackend(t, echoWS(t))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 
 	c, resp := dialWS(t, p.addr, "/chat?room=1", http.Header{"Sec-WebSocket-Protocol": {"chat.v1, chat.v2"}})
 	if got := c.Subprotocol(); got != "chat.v2" {
@@ -60,7 +60,7 @@ func TestWebSocketForwardsHandshakeHeaders(t *testing.T) {
 			c.Close()
 		}
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	c, _ := dialWS(t, p.addr, "/x/y?q=1", http.Header{
 		"Origin":          {"https://app.example"},
 		"Cookie":          {"sid=abc"},
@@ -101,7 +101,7 @@ func TestWebSocketRefusalRelayed(t *testing.T) {
 		w.WriteHeader(http.StatusForbidden)
 		io.WriteString(w, body)
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	req := "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" +
 		"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -134,7 +134,7 @@ func TestWebSocketBadAccept(t *testing.T) {
 		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm9wZQ==\r\n\r\nframes")
 		brw.Flush()
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 	resp, body := rawStatus(t, p.addr, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 	if resp.StatusCode != http.StatusBadGateway {
@@ -149,12 +149,12 @@ func TestWebSocketHandshakeFailures(t *testing.T) {
 	backend := startBackend(t, echoWS(t))
 	refused := closedPort(t)
 	silent := silentBackend(t)
-	r := wsRoute(upstream(backend))
+	r := wsRoute(testUpstream(backend))
 	r.WebSocket.Origins = []string{"https://good.example"}
 	r.PathPrefix = "/origin"
-	p := startProxy(t, wsRoute(upstream(backend)), r,
-		pathRoute("/refused", wsRoute(upstream(refused))),
-		pathRoute("/silent", wsRoute(upstream(silent))))
+	p := startProxy(t, wsRoute(testUpstream(backend)), r,
+		pathRoute("/refused", wsRoute(testUpstream(refused))),
+		pathRoute("/silent", wsRoute(testUpstream(silent))))
 	const key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 	for _, tc := range []struct {
 		name, req string
@@ -214,7 +214,7 @@ func TestCloseCodesRelayed(t *testing.T) {
 			gotClose <- ce.Error()
 		}
 	}))
-	p := startProxy(t, wsRoute(upstream(backend)))
+	p := startProxy(t, wsRoute(testUpstream(backend)))
 
 	for _, code := range []int{1000, 1001, 1003, 1008, 1011, 1013, 3000, 4999} {
 		c, _ := dialWS(t, p.addr, "/", nil)

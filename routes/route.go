@@ -1,9 +1,6 @@
 package routes
 
-import (
-	"crypto/tls"
-	"time"
-)
+import "time"
 
 // Route is one compiled entry of the route table. It is immutable once the
 // table is built and shared by every request that matches it.
@@ -79,36 +76,13 @@ type WebSocket struct {
 	HandshakeTimeout time.Duration
 }
 
-// Upstream is a named group of backend targets.
+// Upstream names the upstream a route forwards to. Routes naming the
+// same upstream share one *Upstream; the proxy package maps it to the
+// upstream's live targets (package upstream).
 type Upstream struct {
 	// Name is the key of the upstream in the YAML upstreams map.
 	Name string
-	// Targets are the backend servers, used round-robin.
-	Targets []Target
-	// TLS is the client configuration for https targets; nil when every
-	// target is plain http.
-	TLS *tls.Config
-	// ConnectTimeout bounds the TCP (and TLS) connect to a target.
-	ConnectTimeout time.Duration
-	// ResponseTimeout bounds the wait for the response head, and each
-	// later silence while reading the response body (like nginx's
-	// proxy_read_timeout).
-	ResponseTimeout time.Duration
-	// MaxConnections caps pooled HTTP connections per target; WebSocket
-	// sessions are not counted.
-	MaxConnections int
 }
-
-// Target is one backend server of an upstream.
-type Target struct {
-	// Scheme is "http" or "https".
-	Scheme string
-	// Addr is host:port, with the default port filled in.
-	Addr string
-}
-
-// TLS reports whether the target is reached over TLS.
-func (t Target) TLS() bool { return t.Scheme == "https" }
 
 // Respond is a built-in handler answering with a fixed status and body.
 type Respond struct {

@@ -17,11 +17,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,6 +34,7 @@ import (
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/proxy"
 	wstls "github.com/wsgate/wsgate/tls"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -166,6 +169,7 @@ type gateway struct {
 	servers []*fasthttp.Server // route listeners
 	demos   []*fasthttp.Server // built-in demo backends, stopped last
 	stores  []*wstls.Store
+	sets    []*upstream.Set // started in start, closed after shutdown
 	serveWG sync.WaitGroup
 	lns     []net.Listener // every bound listener, closed again in shutdown
 	failed  chan error     // first Serve error
@@ -175,8 +179,13 @@ type gateway struct {
 // what was opened and returns the error.
 func start(cfg *config.Config, log *slog.Logger, accessLog bool) (*gateway, error) {
 	g := &gateway{cfg: cfg, log: log, failed: make(chan error, 1)}
+	for _, name := range slices.Sorted(maps.Keys(cfg.UpstreamConfigs)) {
+		s := upstream.New(cfg.UpstreamConfigs[name], upstream.Options{Logger: log})
+		g.sets = append(g.sets, s)
+	}
 	g.handler = proxy.New(proxy.Options{
 		Routes:         cfg.Table,
+		Upstreams:      g.sets,
 		TrustedProxies: cfg.Trusted,
 		WriteTimeout:   cfg.Timeouts.Write,
 		BodyTimeout:    cfg.Timeouts.RequestBody,
@@ -195,6 +204,14 @@ func start(cfg *config.Config, log *slog.Logger, accessLog bool) (*gateway, erro
 			ln.Close()
 		}
 	}
+	for _, s := range g.sets {
+		s.Start()
+	}
+	defer func() {
+		if g.lns == nil { // start failed: nothing will call shutdown
+			g.closeSets()
+		}
+	}()
 	type pending struct {
 		srv *fasthttp.Server
 		ln  net.Listener
@@ -291,6 +308,13 @@ func (g *gateway) wait(stop context.Context, hup <-chan os.Signal) int {
 	return code
 }
 
+// closeSets stops the upstreams' background work and waits for it.
+func (g *gateway) closeSets() {
+	for _, s := range g.sets {
+		s.Close()
+	}
+}
+
 // shutdown stops accepting, finishes in-flight HTTP requests and drains
 // every WebSocket with 1001 within timeouts.drain. It reports whether
 // everything ended inside the budget.
@@ -335,6 +359,7 @@ func (g *gateway) shutdown() bool {
 		_ = ln.Close()
 	}
 	g.serveWG.Wait()
+	g.closeSets()
 	if forced {
 		g.log.Warn("drain budget exceeded; remaining connections were cut")
 	}
