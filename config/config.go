@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
 )
@@ -32,7 +34,26 @@ var (
 const (
 	defaultConnectTimeout   = 5 * time.Second
 	defaultResponseTimeout  = 60 * time.Second
-	defaultMaxConnections   = 512
+	defaultMaxConnections   = 0 // no cap
+	defaultRetries          = 2
+	maxRetries              = 15
+	defaultTryTimeout       = 10 * time.Second
+	defaultRetryBodyLimit   = 64 << 10
+	maxRetryBodyLimit       = 16 << 20
+	defaultResolveEvery     = 10 * time.Second
+	defaultPolicy           = "round_robin"
+	defaultHashKey          = "client_ip"
+	defaultStickyCookie     = "wsgate_sticky"
+	defaultHealthInterval   = 10 * time.Second
+	defaultHealthTimeout    = 5 * time.Second
+	defaultExpectStatus     = "200-399"
+	defaultHealthyAfter     = 2
+	defaultUnhealthyAfter   = 3
+	defaultPassiveFailures  = 5
+	defaultPassiveWindow    = 10 * time.Second
+	defaultEjectFor         = 30 * time.Second
+	defaultMaxEjectFor      = 5 * time.Minute
+	defaultMaxEjectPercent  = 50
 	defaultMaxMessageSize   = 16 << 20
 	defaultIdleTimeout      = time.Hour
 	defaultHandshakeTimeout = 10 * time.Second
@@ -68,6 +89,9 @@ type Config struct {
 	UpstreamConfigs map[string]*upstream.Config `yaml:"-"`
 	// Trusted is TrustedProxies parsed; a bare IP is a /32 or /128 prefix.
 	Trusted []netip.Prefix `yaml:"-"`
+	// Warnings are what `wsgate validate` prints as warnings: a valid
+	// config that likely does not do what its author meant.
+	Warnings []*FieldError `yaml:"-"`
 }
 
 // Listener is one address to accept connections on.
@@ -106,26 +130,164 @@ type CertPair struct {
 	Key string `yaml:"key"`
 }
 
-// Upstream is a named group of backend servers.
+// Upstream is a named group of backend servers and how requests are
+// spread over them.
 type Upstream struct {
-	// Targets are the backend URLs, used round-robin: scheme http or
-	// https, a host, an optional port (default 80 or 443) and no path or
-	// query, such as "http://127.0.0.1:9001". At least one.
-	Targets []string `yaml:"targets"`
+	// Targets are the backend servers: each a URL (scheme http or https,
+	// a host, an optional port, default 80 or 443, no path or query, such
+	// as "http://127.0.0.1:9001") or a mapping {url, weight}. At least one.
+	Targets []Target `yaml:"targets"`
 	// TLS configures connections to https targets; allowed only when some
 	// target is https. Default: system roots, the target's host name.
 	TLS *UpstreamTLS `yaml:"tls"`
-	// ConnectTimeout bounds the TCP connect to a target (a TLS handshake
-	// after it falls under response_timeout, or handshake_timeout for
-	// WebSocket).
-	// Default 5s.
+	// ConnectTimeout bounds the TCP connect to a target and, for https
+	// targets, the TLS handshake after it. Default 5s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	// ResponseTimeout bounds the wait for the response head, and each
 	// later silence while reading the response body. Default 60s.
 	ResponseTimeout time.Duration `yaml:"response_timeout"`
-	// MaxConnections caps the pooled HTTP connections per target; WebSocket
-	// sessions hold their own connection and are not counted. Default 512.
+	// MaxConnections caps what one target carries at once: open WebSocket
+	// sessions plus HTTP requests in flight. A target at the cap is
+	// skipped; when every target is, the client gets 503. Default 0: no
+	// cap.
 	MaxConnections int `yaml:"max_connections"`
+	// Balance chooses a target for each request: a policy name, or a
+	// mapping {policy, key, cookie, secret}. Default round_robin.
+	Balance Balance `yaml:"balance"`
+	// Health configures active health checks. Default none: every target
+	// is taken as healthy.
+	Health *Health `yaml:"health"`
+	// Passive configures passive ejection of failing targets. Default
+	// none: present (even as {}) turns it on with its defaults.
+	Passive *Passive `yaml:"passive"`
+	// Retries is how many other targets a request may be tried on after
+	// the first: after a failed connect always, after a broken connection
+	// only for an idempotent request whose body was held in memory.
+	// 0 turns retries off. Default 2.
+	Retries *int `yaml:"retries"`
+	// TryTimeout is the time after which no new try of a request starts.
+	// Default 10s.
+	TryTimeout time.Duration `yaml:"try_timeout"`
+	// RetryBodyLimit is the largest request body (of known length) held in
+	// memory so that an idempotent request can be sent again; larger and
+	// chunked bodies are streamed and never resent. At most 16MiB.
+	// Default 64KiB.
+	RetryBodyLimit Size `yaml:"retry_body_limit"`
+	// Resolve resolves target host names every ResolveEvery and makes each
+	// A/AAAA address a target with the same scheme, port and weight (DNS
+	// discovery, such as a Kubernetes headless Service). Default false:
+	// names are resolved at each connect.
+	Resolve bool `yaml:"resolve"`
+	// ResolveEvery is the time between two lookups; setting it turns
+	// Resolve on. Default 10s.
+	ResolveEvery time.Duration `yaml:"resolve_every"`
+	// Resolvers are DNS servers (host or host:port, port default 53) used
+	// for discovery instead of the system's. Default none: the system's.
+	Resolvers []string `yaml:"resolvers"`
+}
+
+// Target is one backend server: in YAML a URL string, or a mapping
+// {url, weight}.
+type Target struct {
+	// URL is the target, such as "http://127.0.0.1:9001". Required.
+	URL string `yaml:"url"`
+	// Weight is the target's share relative to the others, 1 to 256.
+	// Default 1.
+	Weight int `yaml:"weight"`
+
+	unknown []*yaml.Node // keys of the mapping form that are not fields
+}
+
+// Balance chooses the balancing policy: in YAML a policy name, or a
+// mapping.
+type Balance struct {
+	// Policy is round_robin (weighted), least_conn (fewest open WebSocket
+	// sessions plus HTTP requests in flight, relative to weight), random
+	// (the less loaded of two random targets), hash (rendezvous hashing of
+	// key) or cookie (sticky sessions). Default round_robin.
+	Policy string `yaml:"policy"`
+	// Key is what hash hashes: client_ip, header:NAME, cookie:NAME or
+	// query:NAME; a request without it goes round robin. Only with hash.
+	// Default client_ip.
+	Key string `yaml:"key"`
+	// Cookie is the name of the sticky cookie. Only with cookie. Default
+	// wsgate_sticky.
+	Cookie string `yaml:"cookie"`
+	// Secret keys the hash that names a target in the sticky cookie, so
+	// that its value does not reveal the target's address; replicas that
+	// share it agree on cookies. Only with cookie. Default: derived from
+	// the upstream's name (stable, but guessable by whoever knows the
+	// targets).
+	Secret string `yaml:"secret"`
+
+	unknown []*yaml.Node
+}
+
+// Health configures active health checks: each target is checked every
+// Interval, one check at a time.
+type Health struct {
+	// Path is the request path of an HTTP GET check, such as "/healthz".
+	// Default none (then websocket is required).
+	Path string `yaml:"path"`
+	// Interval is the time between two checks of a target (±10 %).
+	// Default 10s.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout bounds one check; at most interval. Default 5s.
+	Timeout time.Duration `yaml:"timeout"`
+	// ExpectStatus lists the statuses an HTTP check accepts: codes,
+	// ranges and classes, comma-separated, such as "200", "200-299, 304"
+	// or "2xx". Default "200-399".
+	ExpectStatus string `yaml:"expect_status"`
+	// HealthyAfter passes in a row bring an unhealthy target back.
+	// Default 2.
+	HealthyAfter int `yaml:"healthy_after"`
+	// UnhealthyAfter failures in a row take a target out. Default 3.
+	UnhealthyAfter int `yaml:"unhealthy_after"`
+	// Headers are sent with every check; a Host here replaces the
+	// target's host. Default none.
+	Headers map[string]string `yaml:"headers"`
+	// WebSocket configures a WebSocket check. Default none.
+	WebSocket *WebSocketCheck `yaml:"websocket"`
+}
+
+// WebSocketCheck is a real WebSocket conversation with each target: an
+// upgrade (with its Sec-WebSocket-Accept checked), then a ping that must
+// be answered by a pong, or Send answered by a message matching Expect,
+// within health.timeout, then a close 1000.
+type WebSocketCheck struct {
+	// Path is the request path of the upgrade. Required.
+	Path string `yaml:"path"`
+	// Subprotocol is offered, and must be chosen. Default none.
+	Subprotocol string `yaml:"subprotocol"`
+	// Send is a text message to send instead of a ping. Default none.
+	Send string `yaml:"send"`
+	// Expect is a regular expression (RE2) that some message the target
+	// sends after Send must match. Requires send. Default: any message.
+	Expect string `yaml:"expect"`
+}
+
+// Passive configures passive ejection: connect failures, timeouts and
+// broken connections (and, with count_5xx, 5xx answers) are counted per
+// target; Failures of them within Window take the target out for
+// EjectFor, doubling on each ejection in a row up to MaxEjectFor. An
+// active check that passes, or the end of the period, brings it back.
+type Passive struct {
+	// Failures within Window eject a target. Default 5.
+	Failures int `yaml:"failures"`
+	// Window is the period failures are counted in. Default 10s.
+	Window time.Duration `yaml:"window"`
+	// EjectFor is the first ejection's length. Default 30s.
+	EjectFor time.Duration `yaml:"eject_for"`
+	// MaxEjectFor caps the doubled lengths; a target back for longer than
+	// this starts over at EjectFor. Default 5m.
+	MaxEjectFor time.Duration `yaml:"max_eject_for"`
+	// MaxEjectPercent is the largest share of the targets that may be out
+	// of rotation (ejected or unhealthy) for an ejection to happen, so a
+	// fleet-wide failure never leaves no target. 1 to 100. Default 50.
+	MaxEjectPercent int `yaml:"max_eject_percent"`
+	// Count5xx counts answers with a 5xx status as failures. Default
+	// false.
+	Count5xx bool `yaml:"count_5xx"`
 }
 
 // UpstreamTLS configures the client side of TLS to https targets.

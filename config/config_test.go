@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/routes"
+	wsupstream "github.com/wsgate/wsgate/upstream"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -92,13 +94,39 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		RootCAs            bool
 		MinVersion         uint16
 	}
-	type target struct{ Scheme, Addr string }
+	type health struct {
+		Path, Interval, Timeout      string
+		Expect                       []wsupstream.StatusRange
+		HealthyAfter, UnhealthyAfter int
+		Headers                      []wsupstream.Header                               `json:",omitempty"`
+		WebSocket                    *struct{ Path, Subprotocol, Send, Expect string } `json:",omitempty"`
+	}
+	type passive struct {
+		Failures                      int
+		Window, EjectFor, MaxEjectFor string
+		MaxEjectPercent               int
+		Count5xx                      bool
+	}
+	type target struct {
+		Scheme, Addr string
+		Weight       int `json:",omitempty"`
+	}
 	type upstream struct {
 		Targets         []target
 		TLS             *upstreamTLS
 		ConnectTimeout  string
 		ResponseTimeout string
 		MaxConnections  int
+		Policy          string
+		Key             string             `json:",omitempty"`
+		Sticky          *wsupstream.Sticky `json:",omitempty"`
+		Health          *health            `json:",omitempty"`
+		Passive         *passive           `json:",omitempty"`
+		Retries         int
+		TryTimeout      string
+		RetryBodyLimit  int64
+		ResolveEvery    string   `json:",omitempty"`
+		Resolvers       []string `json:",omitempty"`
 	}
 	type webSocket struct {
 		Enabled                       bool
@@ -120,6 +148,7 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		Static                          *routes.Static   `json:",omitempty"`
 	}
 	var s struct {
+		Warnings  []string `json:",omitempty"`
 		Listeners []listener
 		Upstreams map[string]upstream
 		Routes    []route
@@ -128,6 +157,9 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		Trusted   []string
 	}
 
+	for _, w := range cfg.Warnings {
+		s.Warnings = append(s.Warnings, w.Error())
+	}
 	for _, l := range cfg.Listeners {
 		sl := listener{Addr: l.Addr, Builtin: l.Builtin}
 		if l.TLS != nil {
@@ -153,8 +185,35 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 			MaxConnections:  u.MaxConnections,
 		}
 		for _, tc := range u.Targets {
-			su.Targets = append(su.Targets, target{tc.Scheme, tc.Addr()})
+			w := tc.Weight
+			if w == 1 {
+				w = 0 // the default: not shown
+			}
+			su.Targets = append(su.Targets, target{tc.Scheme, tc.Addr(), w})
 		}
+		su.Policy, su.Key = u.Policy.String(), u.Key.String()
+		if u.Policy == wsupstream.Cookie {
+			su.Sticky = &u.Sticky
+		}
+		if h := u.Health; h != nil {
+			sh := &health{Path: h.Path, Interval: h.Interval.String(), Timeout: h.Timeout.String(), Expect: h.Expect,
+				HealthyAfter: h.HealthyAfter, UnhealthyAfter: h.UnhealthyAfter, Headers: h.Headers}
+			if w := h.WebSocket; w != nil {
+				sh.WebSocket = &struct{ Path, Subprotocol, Send, Expect string }{w.Path, w.Subprotocol, w.Send, ""}
+				if w.Expect != nil {
+					sh.WebSocket.Expect = w.Expect.String()
+				}
+			}
+			su.Health = sh
+		}
+		if p := u.Passive; p != nil {
+			su.Passive = &passive{p.Failures, p.Window.String(), p.EjectFor.String(), p.MaxEjectFor.String(), p.MaxEjectPercent, p.Count5xx}
+		}
+		su.Retries, su.TryTimeout, su.RetryBodyLimit = u.Retries, u.TryTimeout.String(), u.RetryBodyLimit
+		if u.ResolveEvery > 0 {
+			su.ResolveEvery = u.ResolveEvery.String()
+		}
+		su.Resolvers = u.Resolvers
 		if c := u.TLS; c != nil {
 			su.TLS = &upstreamTLS{c.ServerName, c.InsecureSkipVerify, c.RootCAs != nil, c.MinVersion}
 		}
@@ -198,6 +257,54 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 	return string(out) + "\n"
 }
 
+// TestExampleOptionalBlocks uncomments the health and passive blocks of
+// the example's demo upstream, which state their defaults in comments,
+// and checks that they compile to the defaults.
+func TestExampleOptionalBlocks(t *testing.T) {
+	data, err := os.ReadFile("../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(data), "\n")
+	in := false
+	found := 0
+	for i, l := range lines {
+		switch {
+		case strings.HasPrefix(l, "    # health:"), strings.HasPrefix(l, "    # passive:"):
+			in = true
+			found++
+		case !strings.HasPrefix(l, "    # "):
+			in = false
+		}
+		if in {
+			lines[i] = "    " + strings.TrimPrefix(l, "    # ")
+		}
+	}
+	if found != 2 {
+		t.Fatalf("found %d of the commented health and passive blocks in config.example.yaml, want 2", found)
+	}
+	cfg, err := Parse("config.example.yaml", []byte(strings.Join(lines, "\n")))
+	if err != nil {
+		t.Fatalf("example with its health and passive blocks uncommented: %v", err)
+	}
+	got := cfg.UpstreamConfigs["demo"]
+	want := loadString(t, `
+listeners: [{addr: "127.0.0.1:0"}]
+upstreams:
+  demo:
+    targets: ["http://127.0.0.1:8081"]
+    health: {path: /healthz, websocket: {path: /echo}}
+    passive: {}
+routes: [{match: {path_prefix: /}, upstream: demo}]
+`).UpstreamConfigs["demo"]
+	if !reflect.DeepEqual(got.Health, want.Health) {
+		t.Errorf("health = %+v, want the defaults %+v", got.Health, want.Health)
+	}
+	if !reflect.DeepEqual(got.Passive, want.Passive) {
+		t.Errorf("passive = %+v, want the defaults %+v", got.Passive, want.Passive)
+	}
+}
+
 // TestExample loads config.example.yaml, which must work as it is and
 // state every default.
 func TestExample(t *testing.T) {
@@ -230,8 +337,15 @@ func TestExample(t *testing.T) {
 	if len(u.Targets) != 1 || u.Targets[0].URL() != "http://127.0.0.1:8081" {
 		t.Errorf("upstream demo targets = %+v, want http 127.0.0.1:8081", u.Targets)
 	}
-	if u.TLS != nil || u.ConnectTimeout != defaultConnectTimeout || u.ResponseTimeout != defaultResponseTimeout || u.MaxConnections != defaultMaxConnections {
-		t.Errorf("upstream demo = %+v, want the defaults", u)
+	// The demo upstream states every default: it compiles to what an
+	// upstream with only its targets compiles to.
+	bare := loadString(t, `
+listeners: [{addr: "127.0.0.1:0"}]
+upstreams: {demo: {targets: ["http://127.0.0.1:8081"]}}
+routes: [{match: {path_prefix: /}, upstream: demo}]
+`).UpstreamConfigs["demo"]
+	if !reflect.DeepEqual(u, bare) {
+		t.Errorf("upstream demo = %+v, want the defaults %+v", u, bare)
 	}
 	wantWS := routes.WebSocket{Enabled: true, MaxMessageSize: defaultMaxMessageSize, IdleTimeout: defaultIdleTimeout, HandshakeTimeout: defaultHandshakeTimeout}
 	if r.WebSocket.Enabled != wantWS.Enabled || len(r.WebSocket.Origins) != 0 || r.WebSocket.MaxMessageSize != wantWS.MaxMessageSize ||
@@ -400,7 +514,8 @@ routes:
 		t.Errorf("route = %+v, want defaults applied", r)
 	}
 	u := cfg.Upstreams["app"]
-	if u.ConnectTimeout != 5*time.Second || u.ResponseTimeout != 60*time.Second || u.MaxConnections != 512 {
+	if u.ConnectTimeout != 5*time.Second || u.ResponseTimeout != 60*time.Second || u.MaxConnections != 0 ||
+		u.Balance.Policy != "round_robin" || *u.Retries != 2 || u.TryTimeout != 10*time.Second || u.RetryBodyLimit != 64<<10 {
 		t.Errorf("upstream = %+v, want defaults applied", u)
 	}
 	compiled := cfg.Table.Routes()

@@ -12,10 +12,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
@@ -25,7 +28,8 @@ import (
 // it, recording every problem with its key path.
 type validator struct {
 	*problems
-	dir string // absolute directory of the config file
+	dir      string        // absolute directory of the config file
+	warnings []*FieldError // see warnf
 }
 
 // config returns the Config for doc; it is nil when there were problems.
@@ -48,6 +52,9 @@ func (v *validator) config(doc *document) *Config {
 	if len(v.errs) > 0 {
 		return nil
 	}
+	v.upstreamWarnings(cfg, rs)
+	slices.SortStableFunc(v.warnings, func(a, b *FieldError) int { return a.Line - b.Line })
+	cfg.Warnings = v.warnings
 	t, err := routes.New(rs)
 	if err != nil {
 		v.at("routes", err) // validation should have caught it
@@ -202,48 +209,353 @@ func (v *validator) upstreams(m map[string]*Upstream) (map[string]*routes.Upstre
 	out := make(map[string]*routes.Upstream, len(m))
 	compiled := make(map[string]*upstream.Config, len(m))
 	for _, name := range slices.Sorted(maps.Keys(m)) {
-		path := "upstreams." + name
 		u := m[name]
 		if u == nil { // "name:" with no value
 			u = &Upstream{}
 			m[name] = u
 		}
-		if len(u.Targets) == 0 {
-			v.atf(path+".targets", "at least one target is required")
-		}
-		uc := &upstream.Config{Name: name}
-		https, valid := false, true
-		for i, s := range u.Targets {
-			t, err := parseTarget(s)
-			if err != nil {
-				v.at(fmt.Sprintf("%s.targets[%d]", path, i), err)
-				valid = false
-				continue
-			}
-			https = https || t.Scheme == "https"
-			uc.Targets = append(uc.Targets, t)
-		}
-		if u.TLS != nil && !https && valid {
-			v.atf(path+".tls", "set, but no target uses https")
-		}
-		if https {
-			uc.TLS = v.upstreamTLS(path+".tls", u.TLS)
-		}
-		v.duration(path+".connect_timeout", &u.ConnectTimeout, defaultConnectTimeout)
-		v.duration(path+".response_timeout", &u.ResponseTimeout, defaultResponseTimeout)
-		if u.MaxConnections < 0 {
-			v.atf(path+".max_connections", "must not be negative")
-		}
-		if u.MaxConnections == 0 {
-			u.MaxConnections = defaultMaxConnections
-		}
-		uc.ConnectTimeout = u.ConnectTimeout
-		uc.ResponseTimeout = u.ResponseTimeout
-		uc.MaxConnections = u.MaxConnections
 		out[name] = &routes.Upstream{Name: name}
-		compiled[name] = uc
+		compiled[name] = v.upstream("upstreams."+name, name, u)
 	}
 	return out, compiled
+}
+
+// upstream applies an upstream's defaults, checks and compiles it.
+func (v *validator) upstream(path, name string, u *Upstream) *upstream.Config {
+	uc := &upstream.Config{Name: name}
+	if len(u.Targets) == 0 {
+		v.atf(path+".targets", "at least one target is required")
+	}
+	https, valid := false, true
+	first := map[string]int{} // URL → index
+	for i := range u.Targets {
+		t := &u.Targets[i]
+		tpath := fmt.Sprintf("%s.targets[%d]", path, i)
+		v.unknownKeys(tpath, t.unknown)
+		if t.Weight == 0 {
+			t.Weight = 1
+		}
+		if t.Weight < 1 || t.Weight > upstream.MaxWeight {
+			v.atf(tpath+".weight", "invalid weight %d (want 1 to %d)", t.Weight, upstream.MaxWeight)
+		}
+		if v.loc.has(tpath+".url") || (t.URL == "" && v.loc.has(tpath+".weight")) {
+			tpath += ".url"
+		}
+		if t.URL == "" {
+			v.atf(tpath, "required (a URL such as %q)", "http://127.0.0.1:9001")
+			valid = false
+			continue
+		}
+		tc, err := parseTarget(t.URL)
+		if err != nil {
+			v.at(tpath, err)
+			valid = false
+			continue
+		}
+		tc.Weight = t.Weight
+		if j, dup := first[tc.URL()]; dup {
+			v.atf(strings.TrimSuffix(tpath, ".url"), "duplicate target %q (first at targets[%d])", tc.URL(), j)
+			continue
+		}
+		first[tc.URL()] = i
+		https = https || tc.Scheme == "https"
+		uc.Targets = append(uc.Targets, tc)
+	}
+	if u.TLS != nil && !https && valid {
+		v.atf(path+".tls", "set, but no target uses https")
+	}
+	if https {
+		uc.TLS = v.upstreamTLS(path+".tls", u.TLS)
+	}
+	v.duration(path+".connect_timeout", &u.ConnectTimeout, defaultConnectTimeout)
+	v.duration(path+".response_timeout", &u.ResponseTimeout, defaultResponseTimeout)
+	if u.MaxConnections < 0 {
+		v.atf(path+".max_connections", "must not be negative")
+	}
+	if u.MaxConnections == 0 {
+		u.MaxConnections = defaultMaxConnections
+	}
+	uc.ConnectTimeout = u.ConnectTimeout
+	uc.ResponseTimeout = u.ResponseTimeout
+	uc.MaxConnections = u.MaxConnections
+
+	v.balance(path+".balance", &u.Balance, uc)
+	if u.Health != nil {
+		uc.Health = v.health(path+".health", u.Health)
+	}
+	if u.Passive != nil {
+		uc.Passive = v.passive(path+".passive", u.Passive)
+	}
+	if u.Retries == nil {
+		r := defaultRetries
+		u.Retries = &r
+	}
+	if *u.Retries < 0 || *u.Retries > maxRetries {
+		v.atf(path+".retries", "invalid retries %d (want 0 to %d)", *u.Retries, maxRetries)
+	}
+	uc.Retries = *u.Retries
+	v.duration(path+".try_timeout", &u.TryTimeout, defaultTryTimeout)
+	uc.TryTimeout = u.TryTimeout
+	if u.RetryBodyLimit == 0 {
+		u.RetryBodyLimit = defaultRetryBodyLimit
+	}
+	if u.RetryBodyLimit > maxRetryBodyLimit {
+		v.atf(path+".retry_body_limit", "%d bytes is over the limit of 16MiB", int64(u.RetryBodyLimit))
+	}
+	uc.RetryBodyLimit = int64(u.RetryBodyLimit)
+	v.discovery(path, u, uc)
+	return uc
+}
+
+// unknownKeys reports the keys a mapping-or-scalar value did not know.
+func (v *validator) unknownKeys(path string, keys []*yaml.Node) {
+	for _, k := range keys {
+		v.add(path, k.Line, fmt.Errorf("unknown key %q", k.Value))
+	}
+}
+
+// balance checks and compiles an upstream's balancing policy.
+func (v *validator) balance(path string, b *Balance, uc *upstream.Config) {
+	v.unknownKeys(path, b.unknown)
+	ppath := path
+	if v.loc.has(path + ".policy") {
+		ppath = path + ".policy"
+	}
+	if b.Policy == "" {
+		b.Policy = defaultPolicy
+	}
+	p, err := upstream.ParsePolicy(b.Policy)
+	if err != nil {
+		v.at(ppath, err)
+	}
+	uc.Policy = p
+	if b.Key != "" && p != upstream.Hash {
+		v.atf(path+".key", "only the hash policy takes a key (policy is %s)", b.Policy)
+	}
+	if (b.Cookie != "" || b.Secret != "") && p != upstream.Cookie {
+		field := "cookie"
+		if b.Cookie == "" {
+			field = "secret"
+		}
+		v.atf(path+"."+field, "only the cookie policy takes %s (policy is %s)", field, b.Policy)
+	}
+	switch p {
+	case upstream.Hash:
+		if b.Key == "" {
+			b.Key = defaultHashKey
+		}
+		k, err := upstream.ParseKey(b.Key)
+		if err != nil {
+			v.at(path+".key", err)
+		}
+		if (k.Kind == upstream.KeyHeader || k.Kind == upstream.KeyCookie) && !isToken(k.Name) {
+			v.atf(path+".key", "invalid name %q in key %q", k.Name, b.Key)
+		}
+		uc.Key = k
+	case upstream.Cookie:
+		if b.Cookie == "" {
+			b.Cookie = defaultStickyCookie
+		}
+		if !isToken(b.Cookie) {
+			v.atf(path+".cookie", "invalid cookie name %q", b.Cookie)
+		}
+		uc.Sticky = upstream.Sticky{Cookie: b.Cookie, Secret: b.Secret}
+	}
+}
+
+// health checks and compiles an upstream's active health checks.
+func (v *validator) health(path string, h *Health) *upstream.Health {
+	hc := &upstream.Health{Path: h.Path}
+	if h.Path == "" && h.WebSocket == nil {
+		v.atf(path, "needs path (an HTTP check) or websocket (a WebSocket check)")
+	}
+	if h.Path != "" && h.Path[0] != '/' {
+		v.atf(path+".path", "%q must start with \"/\"", h.Path)
+	}
+	v.duration(path+".interval", &h.Interval, defaultHealthInterval)
+	v.duration(path+".timeout", &h.Timeout, defaultHealthTimeout)
+	if h.Timeout > h.Interval && h.Interval > 0 {
+		v.atf(path+".timeout", "%s is longer than interval %s", h.Timeout, h.Interval)
+	}
+	hc.Interval, hc.Timeout = h.Interval, h.Timeout
+	if h.ExpectStatus == "" {
+		h.ExpectStatus = defaultExpectStatus
+	}
+	ranges, err := parseStatuses(h.ExpectStatus)
+	if err != nil {
+		v.at(path+".expect_status", err)
+	}
+	hc.Expect = ranges
+	v.count(path+".healthy_after", &h.HealthyAfter, defaultHealthyAfter)
+	v.count(path+".unhealthy_after", &h.UnhealthyAfter, defaultUnhealthyAfter)
+	hc.HealthyAfter, hc.UnhealthyAfter = h.HealthyAfter, h.UnhealthyAfter
+	for _, hd := range v.headerSet(path+".headers", h.Headers) {
+		hc.Headers = append(hc.Headers, upstream.Header{Name: hd.Name, Value: hd.Value})
+	}
+	if w := h.WebSocket; w != nil {
+		wpath := path + ".websocket"
+		wc := &upstream.WebSocketCheck{Path: w.Path, Subprotocol: w.Subprotocol, Send: w.Send}
+		switch {
+		case w.Path == "":
+			v.atf(wpath+".path", "required (the path of the upgrade, such as \"/ws\")")
+		case w.Path[0] != '/':
+			v.atf(wpath+".path", "%q must start with \"/\"", w.Path)
+		}
+		if w.Subprotocol != "" && !isToken(w.Subprotocol) {
+			v.atf(wpath+".subprotocol", "invalid subprotocol %q", w.Subprotocol)
+		}
+		if w.Expect != "" {
+			if w.Send == "" {
+				v.atf(wpath+".expect", "needs send (without it the check sends a ping and waits for the pong)")
+			}
+			re, err := regexp.Compile(w.Expect)
+			if err != nil {
+				v.atf(wpath+".expect", "invalid regular expression %q: %v", w.Expect, err)
+			}
+			wc.Expect = re
+		}
+		hc.WebSocket = wc
+	}
+	return hc
+}
+
+// count replaces a zero count with def and rejects a negative one.
+func (v *validator) count(path string, n *int, def int) {
+	if *n < 0 {
+		v.atf(path, "must not be negative")
+	}
+	if *n == 0 {
+		*n = def
+	}
+}
+
+// parseStatuses parses "200-299, 304, 4xx" into ranges.
+func parseStatuses(s string) ([]upstream.StatusRange, error) {
+	var out []upstream.StatusRange
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		var r upstream.StatusRange
+		switch {
+		case len(part) == 3 && strings.HasSuffix(part, "xx") && part[0] >= '1' && part[0] <= '5':
+			r.Min = int(part[0]-'0') * 100
+			r.Max = r.Min + 99
+		case isRange:
+			a, err1 := strconv.Atoi(strings.TrimSpace(lo))
+			b, err2 := strconv.Atoi(strings.TrimSpace(hi))
+			if err1 != nil || err2 != nil {
+				return nil, fmt.Errorf("invalid status range %q in %q (want codes, ranges like 200-299 or classes like 2xx)", part, s)
+			}
+			r = upstream.StatusRange{Min: a, Max: b}
+		default:
+			a, err := strconv.Atoi(part)
+			if err != nil {
+				return nil, fmt.Errorf("invalid status %q in %q (want codes, ranges like 200-299 or classes like 2xx)", part, s)
+			}
+			r = upstream.StatusRange{Min: a, Max: a}
+		}
+		if r.Min < 100 || r.Max > 599 || r.Min > r.Max {
+			return nil, fmt.Errorf("invalid status %q in %q (want 100 to 599)", part, s)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// passive checks and compiles an upstream's passive ejection.
+func (v *validator) passive(path string, p *Passive) *upstream.Passive {
+	v.count(path+".failures", &p.Failures, defaultPassiveFailures)
+	v.duration(path+".window", &p.Window, defaultPassiveWindow)
+	v.duration(path+".eject_for", &p.EjectFor, defaultEjectFor)
+	v.duration(path+".max_eject_for", &p.MaxEjectFor, defaultMaxEjectFor)
+	if p.MaxEjectFor < p.EjectFor {
+		v.atf(path+".max_eject_for", "%s is shorter than eject_for %s", p.MaxEjectFor, p.EjectFor)
+	}
+	v.count(path+".max_eject_percent", &p.MaxEjectPercent, defaultMaxEjectPercent)
+	if p.MaxEjectPercent > 100 {
+		v.atf(path+".max_eject_percent", "invalid percentage %d (want 1 to 100)", p.MaxEjectPercent)
+	}
+	return &upstream.Passive{
+		Failures: p.Failures, Window: p.Window, EjectFor: p.EjectFor, MaxEjectFor: p.MaxEjectFor,
+		MaxEjectPercent: p.MaxEjectPercent, Count5xx: p.Count5xx,
+	}
+}
+
+// discovery checks and compiles an upstream's DNS discovery.
+func (v *validator) discovery(path string, u *Upstream, uc *upstream.Config) {
+	if !v.loc.has(path+".resolve") && v.loc.has(path+".resolve_every") && u.ResolveEvery > 0 {
+		u.Resolve = true // resolve_every alone turns discovery on
+	}
+	v.duration(path+".resolve_every", &u.ResolveEvery, defaultResolveEvery)
+	if len(u.Resolvers) > 0 && !u.Resolve {
+		v.atf(path+".resolvers", "set, but resolve is off")
+	}
+	for i, r := range u.Resolvers {
+		addr, err := resolverAddr(r)
+		if err != nil {
+			v.at(fmt.Sprintf("%s.resolvers[%d]", path, i), err)
+			continue
+		}
+		uc.Resolvers = append(uc.Resolvers, addr)
+	}
+	if !u.Resolve {
+		return
+	}
+	uc.ResolveEvery = u.ResolveEvery
+	if !slices.ContainsFunc(uc.Targets, func(t upstream.TargetConfig) bool { _, err := netip.ParseAddr(t.Host); return err != nil }) && len(uc.Targets) > 0 {
+		v.warnf(path+".resolve", "has no effect: every target is an IP address")
+	}
+}
+
+// warnf records a warning on a key path: a valid config that likely does
+// not do what its author meant.
+func (v *validator) warnf(path, format string, args ...any) {
+	v.warnings = append(v.warnings, &FieldError{File: v.file, Path: path, Line: v.loc.line(path), Err: fmt.Errorf(format, args...)})
+}
+
+// upstreamWarnings warns about balancing settings that work against each
+// other, for upstreams some route uses.
+func (v *validator) upstreamWarnings(cfg *Config, rs []*routes.Route) {
+	used := map[string]bool{}
+	for _, r := range rs {
+		if r.Upstream != nil {
+			used[r.Upstream.Name] = true
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(cfg.UpstreamConfigs)) {
+		uc, path := cfg.UpstreamConfigs[name], "upstreams."+name
+		if !used[name] {
+			continue
+		}
+		bpath := path + ".balance"
+		if v.loc.has(bpath + ".key") {
+			bpath += ".key"
+		}
+		if uc.Policy == upstream.Hash && uc.Key.Kind == upstream.KeyCookie {
+			v.warnf(bpath, "hash on cookie %q: a request without it (a client's first one, a WebSocket client that sends no cookies) goes round robin, so it may land on another target than the client's later requests; the cookie policy sets its own cookie", uc.Key.Name)
+		}
+		if uc.Policy == upstream.Cookie && len(uc.Targets) == 1 && uc.ResolveEvery == 0 {
+			v.warnf(path+".balance", "the cookie policy has one target to stick to: it only adds a cookie")
+		}
+		if uc.Policy == upstream.Hash && uc.Health != nil && uc.Passive == nil {
+			v.warnf(path+".health", "a hash upstream sends a failing target's keys to it until %d health checks in a row have failed (up to %s); add passive: {} to eject it on failed requests", uc.Health.UnhealthyAfter, time.Duration(uc.Health.UnhealthyAfter)*uc.Health.Interval)
+		}
+	}
+}
+
+// resolverAddr returns a DNS server's host:port, port 53 by default.
+func resolverAddr(s string) (string, error) {
+	if _, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return net.JoinHostPort(strings.Trim(s, "[]"), "53"), nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return "", fmt.Errorf("invalid DNS server %q (want host or host:port, such as \"10.96.0.10\" or \"127.0.0.1:5353\")", s)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return "", fmt.Errorf("invalid port %q in DNS server %q", port, s)
+	}
+	return s, nil
 }
 
 // parseTarget parses an upstream target URL.
@@ -518,16 +830,7 @@ func (v *validator) staticRoot(path string, s *Static) {
 // since a YAML mapping has no order the decoder keeps.
 func (v *validator) headers(path string, h Headers) routes.HeaderOps {
 	var ops routes.HeaderOps
-	for _, name := range slices.Sorted(maps.Keys(h.Set)) {
-		value := h.Set[name]
-		if !isToken(name) {
-			v.atf(path+".set."+name, "invalid header name %q", name)
-		}
-		if strings.ContainsAny(value, "\r\n\x00") {
-			v.atf(path+".set."+name, "header value %q must not contain CR, LF or NUL", value)
-		}
-		ops.Set = append(ops.Set, routes.Header{Name: name, Value: value})
-	}
+	ops.Set = v.headerSet(path+".set", h.Set)
 	for i, name := range h.Remove {
 		if !isToken(name) {
 			v.atf(fmt.Sprintf("%s.remove[%d]", path, i), "invalid header name %q", name)
@@ -535,6 +838,23 @@ func (v *validator) headers(path string, h Headers) routes.HeaderOps {
 	}
 	ops.Remove = h.Remove
 	return ops
+}
+
+// headerSet checks a mapping of header names to values and returns it
+// sorted by name.
+func (v *validator) headerSet(path string, m map[string]string) []routes.Header {
+	var out []routes.Header
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		value := m[name]
+		if !isToken(name) {
+			v.atf(path+"."+name, "invalid header name %q", name)
+		}
+		if strings.ContainsAny(value, "\r\n\x00") {
+			v.atf(path+"."+name, "header value %q must not contain CR, LF or NUL", value)
+		}
+		out = append(out, routes.Header{Name: name, Value: value})
+	}
+	return out
 }
 
 // websocket applies the WebSocket defaults, checks and compiles them.

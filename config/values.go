@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -97,4 +98,70 @@ func badValue(n *yaml.Node, noun, want string) string {
 		return fmt.Sprintf("invalid %s: got a mapping (want %s)", noun, want)
 	}
 	return fmt.Sprintf("invalid %s (want %s)", noun, want)
+}
+
+// UnmarshalYAML accepts a target URL, or a mapping {url, weight}.
+func (t *Target) UnmarshalYAML(n *yaml.Node) error {
+	return scalarOrFields(n, &t.URL, &t.unknown, map[string]any{"url": &t.URL, "weight": &t.Weight},
+		"target", "a URL such as \"http://127.0.0.1:9001\", or {url, weight}")
+}
+
+// UnmarshalYAML accepts a policy name, or a mapping {policy, key, cookie,
+// secret}.
+func (b *Balance) UnmarshalYAML(n *yaml.Node) error {
+	return scalarOrFields(n, &b.Policy, &b.unknown,
+		map[string]any{"policy": &b.Policy, "key": &b.Key, "cookie": &b.Cookie, "secret": &b.Secret},
+		"balance", "a policy name, or {policy, key, cookie, secret}")
+}
+
+// scalarOrFields decodes a string into *scalar, or a mapping into fields
+// (see decodeFields); anything else is a type error naming noun and want.
+func scalarOrFields(n *yaml.Node, scalar *string, unknown *[]*yaml.Node, fields map[string]any, noun, want string) error {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	switch {
+	case n.Kind == yaml.ScalarNode && n.Tag == "!!str":
+		*scalar = n.Value
+		return nil
+	case n.Kind == yaml.MappingNode:
+		return decodeFields(n, unknown, fields)
+	}
+	return typeError(n, badValue(n, noun, want))
+}
+
+// decodeFields decodes a mapping into the given fields by key, for types
+// that also accept a scalar. Node.Decode would drop the decoder's strict
+// KnownFields, so keys are matched here: unknown ones are kept in
+// *unknown for validation to report with their line, a repeated one is an
+// error, and type errors come back as one *yaml.TypeError so that
+// decoding goes on.
+func decodeFields(n *yaml.Node, unknown *[]*yaml.Node, fields map[string]any) error {
+	var msgs []string
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if line, dup := seen[k.Value]; dup {
+			msgs = append(msgs, fmt.Sprintf("line %d: column %d: duplicate key %q (first defined at line %d)", v.Line, v.Column, k.Value, line))
+			continue
+		}
+		seen[k.Value] = k.Line
+		f, ok := fields[k.Value]
+		if !ok {
+			*unknown = append(*unknown, k)
+			continue
+		}
+		if err := v.Decode(f); err != nil {
+			var te *yaml.TypeError
+			if errors.As(err, &te) {
+				msgs = append(msgs, te.Errors...)
+				continue
+			}
+			msgs = append(msgs, fmt.Sprintf("line %d: column %d: %v", v.Line, v.Column, err))
+		}
+	}
+	if len(msgs) > 0 {
+		return &yaml.TypeError{Errors: msgs}
+	}
+	return nil
 }

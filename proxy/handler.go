@@ -346,7 +346,16 @@ func (h *Handler) endUpgrade(s *session) {
 	h.signalLocked()
 }
 
+// removeSession ends s's registration and its hold on its target. A
+// session is removed once, however it ends (its last pump, a cut before
+// it started, or the abandon timer); a second call does nothing.
 func (h *Handler) removeSession(s *session) {
+	if !s.removed.CompareAndSwap(false, true) {
+		return
+	}
+	if s.target != nil {
+		s.target.SessionClosed()
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.sessions, s)

@@ -47,7 +47,11 @@ type testProxy struct {
 	h    *Handler
 	addr string
 	logs *syncBuffer
+	sets map[string]*upstream.Set // by upstream name
 }
+
+// set returns the live set of up.
+func (p *testProxy) set(up *upstream.Config) *upstream.Set { return p.sets[up.Name] }
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -80,14 +84,16 @@ func testUpstream(addrs ...string) *upstream.Config {
 		Name:            fmt.Sprintf("test%d", testUpstreamSeq.Add(1)),
 		ConnectTimeout:  2 * time.Second,
 		ResponseTimeout: 5 * time.Second,
-		MaxConnections:  64,
+		Retries:         2,
+		TryTimeout:      10 * time.Second,
+		RetryBodyLimit:  64 << 10,
 	}
 	for _, a := range addrs {
 		host, port, err := net.SplitHostPort(a)
 		if err != nil {
 			panic(err)
 		}
-		up.Targets = append(up.Targets, upstream.TargetConfig{Scheme: "http", Host: host, Port: port})
+		up.Targets = append(up.Targets, upstream.TargetConfig{Scheme: "http", Host: host, Port: port, Weight: 1})
 	}
 	testUpstreams.Store(up.Name, up)
 	return up
@@ -302,7 +308,11 @@ func startProxyWith(t testing.TB, s proxySetup, rs ...*routes.Route) *testProxy 
 			t.Logf("proxy logs:\n%s", logs.String())
 		}
 	})
-	return &testProxy{h: h, addr: ln.Addr().String(), logs: logs}
+	tp := &testProxy{h: h, addr: ln.Addr().String(), logs: logs, sets: map[string]*upstream.Set{}}
+	for _, set := range sets {
+		tp.sets[set.Name()] = set
+	}
+	return tp
 }
 
 // countingListener counts the connections it accepts.

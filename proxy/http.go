@@ -1,13 +1,18 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"net/netip"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -29,17 +34,41 @@ func newHostClient(t *upstream.Target) any {
 	if connect <= 0 {
 		connect = 5 * time.Second
 	}
+	var tlsConfig *tls.Config
+	if t.TLS() {
+		tlsConfig = t.TLSConfig()
+	}
+	maxConns := up.MaxConnections
+	if maxConns <= 0 {
+		maxConns = math.MaxInt32 // no cap (fasthttp's 0 would mean 512)
+	}
 	c := &fasthttp.HostClient{
 		Addr:  t.Addr,
 		IsTLS: t.TLS(),
+		// The TLS handshake happens here, within the connect timeout,
+		// so that a target that cannot be reached at all fails as a
+		// dialError: nothing of the request was sent, and it may be
+		// tried elsewhere whatever its method.
 		Dial: func(addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{Timeout: connect}).Dial("tcp", addr)
 			if err != nil {
-				return nil, err
+				return nil, &dialError{err}
 			}
-			return &idleConn{Conn: newRawTCPConn(c), timeout: up.ResponseTimeout}, nil
+			conn := newRawTCPConn(c)
+			if tlsConfig == nil {
+				return &idleConn{Conn: conn, timeout: up.ResponseTimeout}, nil
+			}
+			tc := tls.Client(conn, tlsConfig)
+			ctx, cancel := context.WithTimeout(context.Background(), connect)
+			err = tc.HandshakeContext(ctx)
+			cancel()
+			if err != nil {
+				conn.Close()
+				return nil, &dialError{err}
+			}
+			return &idleTLSConn{idleConn{Conn: tc, timeout: up.ResponseTimeout}}, nil
 		},
-		MaxConns:           up.MaxConnections,
+		MaxConns:           maxConns,
 		MaxConnWaitTimeout: connect,
 		StreamResponseBody: true,
 		// The most recently used idle connection first, as nginx's
@@ -54,20 +83,79 @@ func newHostClient(t *upstream.Target) any {
 		ReadBufferSize:           16 << 10, // also the response head limit
 		MaxIdleConnDuration:      30 * time.Second,
 		RetryIfErr:               retryIfErr,
-	}
-	if t.TLS() {
-		c.TLSConfig = up.TLS
-		if c.TLSConfig == nil {
-			c.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-		}
+		TLSConfig:                tlsConfig,
 	}
 	return c
+}
+
+// idleTLSConn is an idleConn over a TLS connection whose handshake is
+// done; fasthttp sees its Handshake method and does not wrap it in TLS
+// again.
+type idleTLSConn struct{ idleConn }
+
+// Handshake returns the result of the finished handshake.
+func (c *idleTLSConn) Handshake() error { return c.Conn.(*tls.Conn).Handshake() }
+
+// balanceKey returns the request's value of the key its upstream balances
+// on (see upstream.Set.Key), or nil.
+func (h *Handler) balanceKey(ctx *fasthttp.RequestCtx, set *upstream.Set) []byte {
+	k := set.Key()
+	switch k.Kind {
+	case upstream.KeyClientIP:
+		return clientIP(ctx, h.trusted)
+	case upstream.KeyHeader:
+		return ctx.Request.Header.Peek(k.Name)
+	case upstream.KeyCookie:
+		return ctx.Request.Header.Cookie(k.Name)
+	case upstream.KeyQuery:
+		return ctx.QueryArgs().Peek(k.Name)
+	}
+	return nil
+}
+
+// clientIP returns the client's address as the key of client_ip hashing:
+// the peer's, or, when the peer is a trusted proxy, the last address in
+// X-Forwarded-For that is not itself a trusted proxy (the leftmost ones
+// could be forged by the client).
+func clientIP(ctx *fasthttp.RequestCtx, trusted []netip.Prefix) []byte {
+	ip := ctx.RemoteIP()
+	if len(trusted) == 0 {
+		return ip
+	}
+	if peer := peerAddr(ctx); !isTrusted(peer, trusted) {
+		return ip
+	}
+	lines := ctx.Request.Header.PeekAll("X-Forwarded-For")
+	for i := len(lines) - 1; i >= 0; i-- {
+		v := lines[i]
+		for len(v) > 0 {
+			j := bytes.LastIndexByte(v, ',')
+			elem := trimOWS(v[j+1:])
+			v = v[:max(j, 0)]
+			if len(elem) == 0 {
+				continue
+			}
+			a, err := netip.ParseAddr(string(elem))
+			if err != nil || !isTrusted(a.Unmap(), trusted) {
+				return elem
+			}
+		}
+	}
+	return ip
 }
 
 // retryIfErr retries an idempotent request once when a pooled keep-alive
 // connection turned out to be closed by the backend before it answered;
 // never on timeouts (a 504 must not take several response timeouts).
+//
+// A request that found its pooled connection closed before any byte was
+// written (errStaleConn) is retried whatever its method, on another
+// pooled or a new connection: several pooled connections may have gone
+// stale together, up to fasthttp's 5 attempts.
 func retryIfErr(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	if errors.Is(err, errStaleConn) {
+		return false, true
+	}
 	if attempts > 1 {
 		return false, false
 	}
@@ -90,6 +178,11 @@ func retryIfErr(req *fasthttp.Request, attempts int, err error) (resetTimeout, r
 type idleConn struct {
 	net.Conn
 	timeout time.Duration
+	// lastRead is when the last read ended: the connection has been idle
+	// since, in the pool, if the next operation is a write. writing says
+	// a request is being written (reset by the next read).
+	lastRead time.Time
+	writing  bool
 	// The deadlines last set, moved forward only once they are more than
 	// timeout/16 behind: a busy connection then pays for a timer update
 	// every few seconds instead of on every read and write, and each
@@ -98,16 +191,34 @@ type idleConn struct {
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
+	now := time.Now()
+	c.writing = false
 	if c.timeout > 0 {
-		if by, ok := c.moved(c.readBy); ok {
+		if by, ok := c.movedAt(now, c.readBy); ok {
 			c.readBy = by
 			_ = c.Conn.SetReadDeadline(by)
 		}
 	}
-	return c.Conn.Read(p)
+	n, err := c.Conn.Read(p)
+	c.lastRead = now // a read returns once the data it asked for is there
+	return n, err
 }
 
+// staleCheckAfter is the idle time after which a pooled connection is
+// checked (peerGone) before a request is written on it. fasthttp does not
+// watch idle connections: one the backend closed meanwhile (its idle
+// timeout, a restart) would take the request and fail it, and a POST sent
+// on it can never be sent again. The check costs one recv(2); a
+// connection busy enough to be reused within this time pays nothing.
+const staleCheckAfter = 0
+
 func (c *idleConn) Write(p []byte) (int, error) {
+	if !c.writing {
+		c.writing = true
+		if !c.lastRead.IsZero() && time.Since(c.lastRead) >= staleCheckAfter && peerGone(c.Conn) {
+			return 0, errStaleConn // nothing written
+		}
+	}
 	if c.timeout > 0 {
 		if by, ok := c.moved(c.writeBy); ok {
 			c.writeBy = by
@@ -121,7 +232,12 @@ func (c *idleConn) Write(p []byte) (int, error) {
 // is far enough past the one in force to be worth setting. Read and Write
 // each touch only their own field.
 func (c *idleConn) moved(current time.Time) (time.Time, bool) {
-	by := time.Now().Add(c.timeout)
+	return c.movedAt(time.Now(), current)
+}
+
+// movedAt is moved for an operation starting at now.
+func (c *idleConn) movedAt(now, current time.Time) (time.Time, bool) {
+	by := now.Add(c.timeout)
 	return by, by.Sub(current) > c.timeout/16
 }
 
@@ -153,13 +269,32 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	applyRequestOps(&req.Header, &r.RequestHeaders)
 	setUpstreamURI(req, ctx, r)
 
+	// A body held in memory can be sent again: after a connection that
+	// failed before any byte went out (any method), or one that broke
+	// before the answer (idempotent requests only).
+	inMemory := true
 	var body *requestBody
 	if stream := ctx.RequestBodyStream(); stream != nil {
 		body = &requestBody{r: stream, limit: limit, conn: ctx.Conn(), timeout: h.body}
-		req.SetBodyStream(body, ctx.Request.Header.ContentLength())
+		cl := ctx.Request.Header.ContentLength()
+		if up := set.Config(); up.Retries > 0 && cl >= 0 && int64(cl) <= up.RetryBodyLimit {
+			bp, err := readBody(body, cl)
+			if err != nil {
+				status, msg := bodyStatus(body)
+				h.fail(ctx, r, "", status, msg, nil)
+				ctx.SetConnectionClose()
+				return
+			}
+			defer bodyBufs.Put(bp)
+			req.SetBodyRaw(*bp)
+		} else {
+			inMemory = false // streamed: gone once sent
+			req.SetBodyStream(body, cl)
+		}
 	} else {
 		req.SetBodyRaw(ctx.Request.Body())
 	}
+	replayable := inMemory && isIdempotent(ctx)
 
 	resp := fasthttp.AcquireResponse()
 	var (
@@ -167,33 +302,45 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		t   *upstream.Target
 		a   upstream.Attempt
 	)
-	set.Begin(&a)
+	set.Begin(&a, ctx.Time(), h.balanceKey(ctx, set))
 	for {
-		t = a.Next()
+		next := a.Next()
+		if next == nil {
+			if t == nil {
+				err = errNoTarget // nothing was tried: no target can take it
+			}
+			break
+		}
+		t = next
 		req.URI().SetScheme(t.Scheme)
 		err = client(t).Do(req, resp)
-		// Only a refused connect moves on: nothing was sent, so the
-		// request (even a streamed body) is intact.
-		if err == nil || !a.Failed(t, tryResult(err)) {
+		if err == nil {
+			a.Responded(t, resp.StatusCode())
+			break
+		}
+		result := tryResult(err)
+		switch {
+		case body != nil && (body.tooLarge || body.err != nil):
+			result = upstream.Aborted // the client's body failed, not the target
+		case !inMemory && body.n > 0 && (result == upstream.Busy || result == upstream.ConnectFailed):
+			// fasthttp had taken part of the streamed body into its
+			// buffer: what is left cannot be sent elsewhere.
+			result = upstream.Broken
+		}
+		if !a.Failed(t, result, replayable, err) {
 			break
 		}
 	}
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		status, msg := upstreamStatus(err)
-		if body != nil {
-			switch {
-			case body.tooLarge:
-				status, msg = fasthttp.StatusRequestEntityTooLarge, "request body too large"
-			case body.err != nil && isTimeout(body.err):
-				status, msg = fasthttp.StatusRequestTimeout, "request body timeout"
-			case body.err != nil:
-				// A malformed body (bad chunk framing, a client gone
-				// mid-body) is the client's fault, not the backend's.
-				status, msg = fasthttp.StatusBadRequest, "bad request body"
-			}
+		if body != nil && (body.tooLarge || body.err != nil) {
+			status, msg = bodyStatus(body)
 		}
-		h.fail(ctx, r, t.Addr, status, msg, err)
+		h.fail(ctx, r, targetAddr(t), status, msg, err)
+		if status == fasthttp.StatusServiceUnavailable {
+			ctx.Response.Header.Set("Retry-After", strconv.Itoa(set.RetryAfter()))
+		}
 	}
 	if body != nil && !body.eof {
 		// The client's body was not read to its end: the connection
@@ -211,6 +358,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		// its connection changed protocol.
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
+		t.Release()
 		h.fail(ctx, r, t.Addr, fasthttp.StatusBadGateway, "bad gateway", errUnexpectedSwitch)
 		return
 	}
@@ -227,6 +375,9 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	removeHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.ResetConnectionClose()
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
+	if c := a.StickyCookie(t, ctx.IsTLS()); c != "" {
+		ctx.Response.Header.Add("Set-Cookie", c)
+	}
 
 	stream := resp.BodyStream()
 	if size := resp.Header.ContentLength(); stream != nil && !ctx.IsHead() && size >= 0 && size <= smallBody {
@@ -236,6 +387,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		// gets an honest 502 instead of a truncated response.
 		err := resp.BodyWriteTo(ctx.Response.BodyWriter())
 		fasthttp.ReleaseResponse(resp)
+		t.Release()
 		if err != nil {
 			h.fail(ctx, r, t.Addr, fasthttp.StatusBadGateway, "bad gateway", err)
 			ctx.SetConnectionClose()
@@ -249,6 +401,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 			ctx.Response.SetBody(resp.Body())
 		}
 		fasthttp.ReleaseResponse(resp)
+		t.Release()
 		h.logRequest(ctx, r, ctx.Response.StatusCode(), t.Addr)
 		return
 	}
@@ -257,7 +410,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		size = -1 // chunked toward the client, also for read-until-close bodies
 	}
 	rb := &responseBody{
-		h: h, resp: resp, r: stream, conn: ctx.Conn(), timeout: h.write,
+		h: h, resp: resp, r: stream, conn: ctx.Conn(), timeout: h.write, target: t,
 		logAttrs: h.accessAttrs(ctx, r, t.Addr),
 		status:   resp.StatusCode(),
 		start:    ctx.Time(),
@@ -357,19 +510,91 @@ func appendEscapedPath(dst, p []byte) []byte {
 	return dst
 }
 
+// dialError marks a failure to connect to a target (TCP or TLS): nothing
+// of the request was sent.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
 // tryResult classifies a failed try for the upstream set.
 func tryResult(err error) upstream.Result {
-	if errors.Is(err, syscall.ECONNREFUSED) {
+	var de *dialError
+	switch {
+	case errors.As(err, &de):
+		if isTimeout(de.err) {
+			return upstream.ConnectTimedOut
+		}
 		return upstream.ConnectFailed
+	case errors.Is(err, fasthttp.ErrNoFreeConns), errors.Is(err, errStaleConn):
+		return upstream.Busy
+	case errors.Is(err, fasthttp.ErrTimeout), isTimeout(err):
+		return upstream.TimedOut
 	}
-	return upstream.Failed
+	return upstream.Broken
+}
+
+// targetAddr returns t's address for logs; "" for none.
+func targetAddr(t *upstream.Target) string {
+	if t == nil {
+		return ""
+	}
+	return t.Addr
+}
+
+// isIdempotent reports whether the request may be sent twice without a
+// second side effect: its method is idempotent (RFC 9110 §9.2.2), or the
+// client marked it with Idempotency-Key.
+func isIdempotent(ctx *fasthttp.RequestCtx) bool {
+	switch string(ctx.Method()) { // no allocation: switch on a conversion
+	case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodOptions, fasthttp.MethodPut, fasthttp.MethodDelete, fasthttp.MethodTrace:
+		return true
+	}
+	return len(ctx.Request.Header.Peek("Idempotency-Key")) > 0
+}
+
+// bodyBufs holds the buffers of request bodies kept for a retry.
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// readBody reads a request body of n bytes into a pooled buffer; put the
+// buffer back when the request is done.
+func readBody(body *requestBody, n int) (*[]byte, error) {
+	bp := bodyBufs.Get().(*[]byte)
+	if cap(*bp) < n {
+		*bp = make([]byte, n)
+	}
+	*bp = (*bp)[:n]
+	if _, err := io.ReadFull(body, *bp); err != nil {
+		if body.err == nil && !body.tooLarge {
+			body.err = err // a body shorter than its Content-Length
+		}
+		bodyBufs.Put(bp)
+		return nil, err
+	}
+	body.eof = true // Content-Length bytes are the whole body
+	return bp, nil
+}
+
+// bodyStatus returns the status for a client whose request body failed.
+func bodyStatus(body *requestBody) (int, string) {
+	switch {
+	case body.tooLarge:
+		return fasthttp.StatusRequestEntityTooLarge, "request body too large"
+	case body.err != nil && isTimeout(body.err):
+		return fasthttp.StatusRequestTimeout, "request body timeout"
+	}
+	// A malformed body (bad chunk framing, a client gone mid-body) is
+	// the client's fault, not the backend's.
+	return fasthttp.StatusBadRequest, "bad request body"
 }
 
 // upstreamStatus maps an upstream error to the status the client gets:
-// timeouts 504, no free connection 503, anything else (refused, reset,
-// garbage instead of HTTP) 502.
+// no target could take the request 503, timeouts 504, no free connection
+// 503, anything else (refused, reset, garbage instead of HTTP) 502.
 func upstreamStatus(err error) (int, string) {
 	switch {
+	case errors.Is(err, errNoTarget):
+		return fasthttp.StatusServiceUnavailable, "no upstream target available"
 	case errors.Is(err, fasthttp.ErrTimeout), errors.Is(err, fasthttp.ErrDialTimeout), isTimeout(err):
 		return fasthttp.StatusGatewayTimeout, "upstream timed out"
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
@@ -389,6 +614,8 @@ func (h *Handler) fail(ctx *fasthttp.RequestCtx, r *routes.Route, backend string
 }
 
 var (
+	errNoTarget         = errors.New("no target can take the request (all unhealthy, ejected or at max_connections)")
+	errStaleConn        = errors.New("pooled connection closed by the backend while idle")
 	errBodyTooLarge     = errors.New("request body too large")
 	errUnexpectedSwitch = errors.New("backend switched protocols on a request without Upgrade")
 	http11              = []byte("HTTP/1.1")
@@ -485,6 +712,7 @@ func copyBody(w io.Writer, r io.Reader) (int64, error) {
 // client went away (logged as 499) or the upstream broke.
 type responseBody struct {
 	h        *Handler
+	target   *upstream.Target // released by Close
 	resp     *fasthttp.Response
 	r        io.Reader
 	conn     net.Conn
@@ -522,6 +750,7 @@ func (b *responseBody) WriteTo(w io.Writer) (int64, error) { return copyBody(w, 
 func (b *responseBody) Close() error {
 	_ = b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
+	b.target.Release()
 	if !b.h.accessLog && b.readErr == nil {
 		return nil
 	}

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"syscall"
+	"unsafe"
 )
 
 // rawTCPConn is a TCP connection whose reads and writes are raw system
@@ -22,6 +24,9 @@ type rawTCPConn struct {
 	rn     int
 	rerr   error
 	onRead func(fd uintptr) bool
+	onPeek func(fd uintptr) // peekFd, bound once
+	peek   [1]byte
+	gone   bool // what peekFd found
 
 	wmu sync.Mutex // one Write at a time; guards w
 	w   rawWriter
@@ -39,6 +44,7 @@ func newRawTCPConn(c net.Conn) net.Conn {
 	}
 	r := &rawTCPConn{TCPConn: tc, rc: rc}
 	r.onRead = r.readFd
+	r.onPeek = r.peekFd
 	return r
 }
 
@@ -79,4 +85,40 @@ func (c *rawTCPConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	return c.w.write(c.rc, p)
+}
+
+// peerGone reports, without waiting, whether the peer of an idle
+// connection has closed or reset it, or sent bytes nobody asked for
+// (either way the connection cannot carry a request): a non-blocking
+// recv(2) of one byte with MSG_PEEK. Connections that are not raw TCP
+// (under TLS, the TCP one) are reported alive.
+func peerGone(c net.Conn) bool {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	rc, ok := c.(*rawTCPConn)
+	if !ok {
+		return false
+	}
+	rc.rmu.Lock()
+	defer rc.rmu.Unlock()
+	rc.gone = false
+	if rc.rc.Control(rc.onPeek) != nil {
+		return true // closed
+	}
+	return rc.gone
+}
+
+func (c *rawTCPConn) peekFd(fd uintptr) {
+	for {
+		_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peek[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		if e == syscall.EINTR {
+			continue
+		}
+		// EAGAIN: nothing to read, the connection is open. Anything
+		// else (a byte, EOF, a reset) means it is not.
+		c.gone = e != syscall.EAGAIN
+		return
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // closeWait bounds each close handshake: after wsgate sends a close frame
@@ -93,8 +94,8 @@ type session struct {
 	route   *routes.Route
 	client  *leg
 	backend *leg
-	remote  string // client address, for logs
-	target  string // backend address, for logs
+	remote  string           // client address, for logs
+	target  *upstream.Target // held until the session ends (see Handler.removeSession)
 	start   time.Time
 	pl      *poller // where this session's legs park
 
@@ -110,12 +111,14 @@ type session struct {
 	closeBy atomic.Int64
 	// connsClosed is set once closeConns runs (before it unparks legs).
 	connsClosed atomic.Bool
-	endMu       sync.Mutex
-	started     bool        // guarded by endMu: client is set and the pumps run
-	goingAway   bool        // guarded by endMu: Drain asked for 1001 before the start
-	pumpsRun    int         // guarded by endMu
-	force       *time.Timer // guarded by endMu
-	ended       bool        // guarded by endMu: conns are closed
+	// removed is set by the one removeSession call that counts.
+	removed   atomic.Bool
+	endMu     sync.Mutex
+	started   bool        // guarded by endMu: client is set and the pumps run
+	goingAway bool        // guarded by endMu: Drain asked for 1001 before the start
+	pumpsRun  int         // guarded by endMu
+	force     *time.Timer // guarded by endMu
+	ended     bool        // guarded by endMu: conns are closed
 }
 
 // keepAlive turns on TCP keep-alive probes toward a WebSocket client.
@@ -872,7 +875,7 @@ func (s *session) log() {
 	s.h.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket closed",
 		slog.String("route", s.route.Name),
 		slog.String("client", s.remote),
-		slog.String("backend", s.target),
+		slog.String("backend", targetAddr(s.target)),
 		slog.Int64("duration_ms", time.Since(s.start).Milliseconds()),
 		slog.Int("client_close", int(s.client.closeCode)),
 		slog.Int("backend_close", int(s.backend.closeCode)),

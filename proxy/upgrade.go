@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -112,7 +113,9 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	}
 	bctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	bh, err := h.dialBackend(bctx, ctx, r)
+	set := h.sets[r.Upstream]
+	var a upstream.Attempt
+	bh, err := h.dialBackend(bctx, ctx, r, set, &a)
 	if err != nil {
 		status, msg := handshakeStatus(err)
 		backend := ""
@@ -120,7 +123,13 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, r *routes.Route) {
 			backend = bh.target.Addr
 		}
 		h.fail(ctx, r, backend, status, msg, err)
+		if status == fasthttp.StatusServiceUnavailable {
+			ctx.Response.Header.Set("Retry-After", strconv.Itoa(set.RetryAfter()))
+		}
 		return
+	}
+	if c := a.StickyCookie(bh.target, ctx.IsTLS()); c != "" {
+		ctx.Response.Header.Add("Set-Cookie", c)
 	}
 	if bh.resp.StatusCode != http.StatusSwitchingProtocols {
 		h.relayRefusal(ctx, r, bh)
@@ -147,30 +156,54 @@ var (
 // errBadHandshake marks a 101 that is not a valid WebSocket acceptance.
 var errBadHandshake = errors.New("invalid websocket handshake response")
 
-// dialBackend connects to a target of r's upstream (round-robin, moving on
-// when a target refuses), writes the upgrade request and reads the head of
-// the answer. On a 101 it checks Upgrade, Connection, Sec-WebSocket-Accept
-// and that the chosen subprotocol and extensions were offered.
-func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r *routes.Route) (*backendHandshake, error) {
-	set := h.sets[r.Upstream]
-	deadline, _ := bctx.Deadline()
+// dialBackend does the backend handshake on a target of set, chosen by
+// its policy: it connects, writes the upgrade request and reads the head
+// of the answer. A target that cannot be reached, or whose connection
+// breaks before it answers, is left for the next one (the handshake is a
+// GET without a body), within bctx and the upstream's retries; a timeout
+// or an answer of any kind ends the search. On success the target is held
+// by the caller (see upstream.Attempt): for a session until it ends, for
+// a refusal until its body is relayed.
+func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r *routes.Route, set *upstream.Set, a *upstream.Attempt) (*backendHandshake, error) {
+	set.Begin(a, ctx.Time(), h.balanceKey(ctx, set))
 	var (
-		conn net.Conn
-		err  error
-		t    *upstream.Target
-		a    upstream.Attempt
+		bh  *backendHandshake
+		err error
 	)
-	set.Begin(&a)
 	for {
-		t = a.Next()
-		conn, err = dialTarget(bctx, set.Config(), t)
-		if err == nil || !a.Failed(t, tryResult(err)) {
-			break
+		t := a.Next()
+		if t == nil {
+			if bh == nil {
+				return nil, errNoTarget
+			}
+			return bh, err
+		}
+		var result upstream.Result
+		bh, result, err = h.tryHandshake(bctx, ctx, r, set.Config(), t)
+		if err == nil {
+			a.Responded(t, bh.resp.StatusCode)
+			return bh, nil
+		}
+		if !a.Failed(t, result, true, err) || bctx.Err() != nil {
+			return bh, err
 		}
 	}
+}
+
+// tryHandshake does the backend handshake on t. On a 101 it checks
+// Upgrade, Connection, Sec-WebSocket-Accept and that the chosen
+// subprotocol and extensions were offered. A failure says how it went
+// for the target.
+func (h *Handler) tryHandshake(bctx context.Context, ctx *fasthttp.RequestCtx, r *routes.Route, up *upstream.Config, t *upstream.Target) (*backendHandshake, upstream.Result, error) {
+	deadline, _ := bctx.Deadline()
 	bh := &backendHandshake{target: t}
+	conn, err := dialTarget(bctx, up, t)
 	if err != nil {
-		return bh, fmt.Errorf("dial backend %q: %w", t.Addr, err)
+		result := upstream.ConnectFailed
+		if isTimeout(err) || bctx.Err() != nil {
+			result = upstream.ConnectTimedOut
+		}
+		return bh, result, fmt.Errorf("dial backend %q: %w", t.Addr, err)
 	}
 	_ = conn.SetDeadline(deadline)
 
@@ -209,7 +242,7 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r 
 	writerPool.Put(bw)
 	if err != nil {
 		conn.Close()
-		return bh, fmt.Errorf("write handshake to %q: %w", t.Addr, err)
+		return bh, sentResult(err), fmt.Errorf("write handshake to %q: %w", t.Addr, err)
 	}
 	// The handshake reader becomes the backend leg's read buffer: bytes the
 	// backend sends right after its 101 stay in it and are relayed first.
@@ -220,17 +253,25 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r 
 		br.Reset(nil)
 		handshakeReaders.Put(br)
 		conn.Close()
-		return bh, fmt.Errorf("read handshake from %q: %w", t.Addr, err)
+		return bh, sentResult(err), fmt.Errorf("read handshake from %q: %w", t.Addr, err)
 	}
 	bh.conn, bh.br, bh.resp = conn, br, resp
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		return bh, nil
+		return bh, 0, nil
 	}
 	if err := checkBackendAccept(resp, key, offerProto, offerExt); err != nil {
 		conn.Close()
-		return bh, fmt.Errorf("backend %q: %w", t.Addr, err)
+		return bh, upstream.BadResponse, fmt.Errorf("backend %q: %w", t.Addr, err)
 	}
-	return bh, nil
+	return bh, 0, nil
+}
+
+// sentResult classifies a failure after the request was (partly) sent.
+func sentResult(err error) upstream.Result {
+	if isTimeout(err) {
+		return upstream.TimedOut
+	}
+	return upstream.Broken
 }
 
 // takeBuffered returns a copy of what br holds beyond the handshake (a
@@ -257,20 +298,7 @@ func dialTarget(bctx context.Context, up *upstream.Config, t *upstream.Target) (
 	if !t.TLS() {
 		return conn, nil
 	}
-	cfg := up.TLS
-	if cfg == nil {
-		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	if cfg.ServerName == "" {
-		cfg = cfg.Clone()
-		host, _, _ := net.SplitHostPort(t.Addr)
-		cfg.ServerName = host
-	}
-	if len(cfg.NextProtos) > 0 {
-		cfg = cfg.Clone()
-		cfg.NextProtos = []string{"http/1.1"} // a WebSocket needs HTTP/1.1
-	}
-	tc := tls.Client(conn, cfg)
+	tc := tls.Client(conn, t.TLSConfig()) // HTTP/1.1 only: a WebSocket needs it
 	if err := tc.HandshakeContext(bctx); err != nil {
 		conn.Close()
 		return nil, err
@@ -361,9 +389,10 @@ func (h *Handler) relayRefusal(ctx *fasthttp.RequestCtx, r *routes.Route, bh *ba
 	if ctx.IsHead() || resp.ContentLength == 0 {
 		resp.Body.Close()
 		bh.conn.Close()
+		bh.target.Release()
 	} else {
 		_ = bh.conn.SetDeadline(time.Now().Add(h.responseTimeout(r)))
-		ctx.Response.SetBodyStream(&refusalBody{body: resp.Body, conn: bh.conn}, int(resp.ContentLength))
+		ctx.Response.SetBodyStream(&refusalBody{body: resp.Body, conn: bh.conn, target: bh.target}, int(resp.ContentLength))
 	}
 	h.logRequest(ctx, r, resp.StatusCode, bh.target.Addr)
 }
@@ -378,14 +407,16 @@ func (h *Handler) responseTimeout(r *routes.Route) time.Duration {
 // refusalBody streams a refused handshake's body and closes the backend
 // connection when fasthttp is done with it.
 type refusalBody struct {
-	body io.ReadCloser
-	conn net.Conn
+	body   io.ReadCloser
+	conn   net.Conn
+	target *upstream.Target // released by Close
 }
 
 func (b *refusalBody) Read(p []byte) (int, error) { return b.body.Read(p) }
 
 func (b *refusalBody) Close() error {
 	b.body.Close()
+	b.target.Release()
 	return b.conn.Close()
 }
 
@@ -413,7 +444,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 		h:          h,
 		route:      r,
 		remote:     ctx.RemoteAddr().String(),
-		target:     bh.target.Addr,
+		target:     bh.target,
 		start:      time.Now(),
 		deflate:    ext != "",
 		maxMessage: r.WebSocket.MaxMessageSize,
@@ -447,7 +478,8 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 		conn, early := unwrapHijacked(c)
 		go s.run(conn, early) // the session removes itself when it ends
 	})
-	h.log.Info("websocket opened", "route", r.Name, "client", s.remote, "backend", s.target,
+	bh.target.SessionOpened()
+	h.log.Info("websocket opened", "route", r.Name, "client", s.remote, "backend", s.target.Addr,
 		"subprotocol", bh.resp.Header.Get("Sec-WebSocket-Protocol"), "extensions", ext)
 	return s
 }
