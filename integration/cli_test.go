@@ -100,6 +100,41 @@ timeouts:
 	}
 }
 
+// TestCLIValidateWarnings: a valid config that likely does not do what
+// its author meant (hash balancing keyed on a cookie) is still valid:
+// validate prints a "warning: FILE:LINE: key.path: ..." line naming the
+// key, then "FILE: ok", and exits 0.
+func TestCLIValidateWarnings(t *testing.T) {
+	needBinary(t)
+	const cfg = `listeners: [{addr: "127.0.0.1:0"}]
+upstreams:
+  app:
+    targets: [http://127.0.0.1:9001, http://127.0.0.1:9002]
+    balance: {policy: hash, key: "cookie:session"}
+routes:
+  - {match: {path: /}, upstream: app}
+`
+	path := filepath.Join(t.TempDir(), "warn.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := runWsgate(t, "validate", path)
+	if code != 0 {
+		t.Errorf("exit %d, want 0; stderr:\n%s", code, stderr)
+	}
+	out := lines(stdout)
+	if len(out) != 2 {
+		t.Fatalf("stdout has %d lines, want a warning and the ok line:\n%s", len(out), stdout)
+	}
+	prefix := "warning: " + path + ":5: upstreams.app.balance.key: "
+	if !strings.HasPrefix(out[0], prefix) || !strings.Contains(out[0], `"session"`) {
+		t.Errorf("warning line = %q, want it to start %q and name the cookie \"session\"", out[0], prefix)
+	}
+	if want := path + ": ok"; out[1] != want {
+		t.Errorf("last line = %q, want %q", out[1], want)
+	}
+}
+
 func TestCLIBadFlags(t *testing.T) {
 	needBinary(t)
 	for _, tc := range []struct {
