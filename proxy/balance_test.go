@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -537,5 +538,89 @@ func TestHTTPTimeoutNotRetried(t *testing.T) {
 	}
 	if n := strings.Count(p.logs.String(), `msg="target timing out"`); n != 1 {
 		t.Errorf("%d \"target timing out\" lines, want 1 (once per change of state)", n)
+	}
+}
+
+// TestStalePooledConnection: a pooled connection the backend closed while
+// it sat idle (an idle timeout, a restart) is found before a request is
+// written on it, so even a POST goes out once, on a new connection,
+// instead of failing with 502.
+func TestStalePooledConnection(t *testing.T) {
+	var posts atomic.Int64
+	closed := make(chan struct{}, 16)
+	// Answers one request per connection, as keep-alive, then closes it.
+	addr, _ := startTCPBackend(t, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		posts.Add(1)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+		c.Close()
+		closed <- struct{}{}
+	})
+	up := testUpstream(addr)
+	p := startProxy(t, wsRoute(up))
+	c := httpClient(t)
+	for i := range 3 {
+		resp, body := do(t, c, newRequest(t, "POST", "http://"+p.addr+"/", strings.NewReader("data")))
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("POST %d: status %d body %q, want 200", i, resp.StatusCode, body)
+		}
+		select {
+		case <-closed:
+		case <-time.After(hangGuard):
+			t.Fatal("the backend did not close its connection")
+		}
+	}
+	if got := posts.Load(); got != 3 {
+		t.Errorf("the backend saw %d POSTs, want 3 (each once)", got)
+	}
+	if strings.Contains(p.logs.String(), "target breaking connections") {
+		t.Errorf("a stale pooled connection was counted as a failure of the target:\n%s", p.logs)
+	}
+}
+
+// TestIdleConnStaleCheck: the first write of a request on a pooled
+// connection the peer has closed fails with errStaleConn and writes
+// nothing: always for a request that is not idempotent, and after
+// idempotentCheckAfter of quiet for an idempotent one.
+func TestIdleConnStaleCheck(t *testing.T) {
+	cases := []struct {
+		name    string
+		line    string
+		idle    time.Duration // since the last read
+		closed  bool          // the peer closed the connection
+		wantErr bool
+	}{
+		{"POST on a closed connection", "POST / HTTP/1.1\r\n", 0, true, true},
+		{"POST on an open connection", "POST / HTTP/1.1\r\n", 0, false, false},
+		{"GET on a closed connection, busy pool", "GET / HTTP/1.1\r\n", 0, true, false},
+		{"GET on a closed connection, idle pool", "GET / HTTP/1.1\r\n", 2 * idempotentCheckAfter, true, true},
+		{"GET on an open connection, idle pool", "GET / HTTP/1.1\r\n", 2 * idempotentCheckAfter, false, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !rawSockets && tc.closed {
+				t.Skip("the check is made on Linux only")
+			}
+			ours, peer := tcpPair(t)
+			c := &idleConn{Conn: newRawTCPConn(ours), timeout: time.Minute, lastRead: time.Now().Add(-tc.idle)}
+			if tc.closed {
+				peer.Close()
+				// The FIN has arrived once a read would see it.
+				waitFor(t, "the peer's FIN", hangGuard, func() bool { return peerGone(c.Conn) })
+			}
+			_, err := c.Write([]byte(tc.line))
+			if got := errors.Is(err, errStaleConn); got != tc.wantErr {
+				t.Errorf("Write = %v, want errStaleConn: %v", err, tc.wantErr)
+			}
+		})
+	}
+	for line, want := range map[string]bool{"GET / HTTP/1.1": true, "GETX / HTTP/1.1": false, "POST /": false, "DELETE /x": true, "": false, "GET": false} {
+		if got := idempotentLine([]byte(line)); got != want {
+			t.Errorf("idempotentLine(%q) = %v, want %v", line, got, want)
+		}
 	}
 }
