@@ -220,29 +220,19 @@ func (f *fullList) has(t *Target) bool {
 	return false
 }
 
-// leastConn takes the usable target with the least load per weight; ties
-// go to a random one of the tied targets (reservoir sampling), so that
-// targets with equal counts, a fresh one among them, share new sessions.
-func (a *Attempt) leastConn() *Target {
+// untilFree returns the best usable target by leastLoaded (byScore
+// false) or highestScore (true), or when it is at max_connections the
+// next best without it; after maxFull full targets it falls back to round
+// robin. A flag, not a func value: through a func value the Attempt
+// would escape to the heap.
+func (a *Attempt) untilFree(byScore bool) *Target {
 	var full fullList
 	for full.n < maxFull {
 		var best *Target
-		var bestLoad int64
-		ties := uint64(0)
-		for _, t := range a.tab.up {
-			if !a.usable(t) || full.has(t) {
-				continue
-			}
-			l := t.st.active.Load()
-			switch {
-			case best == nil || lessLoaded(t, best, l, bestLoad):
-				best, bestLoad, ties = t, l, 1
-			case !lessLoaded(best, t, bestLoad, l): // a tie
-				ties++
-				if a.set.rand()%ties == 0 {
-					best, bestLoad = t, l
-				}
-			}
+		if byScore {
+			best = a.highestScore(&full)
+		} else {
+			best = a.leastLoaded(&full)
 		}
 		if best == nil {
 			return nil
@@ -254,6 +244,33 @@ func (a *Attempt) leastConn() *Target {
 		full.n++
 	}
 	return a.roundRobin()
+}
+
+// leastConn takes the usable target with the least load per weight; ties
+// go to a random one of the tied targets (reservoir sampling), so that
+// targets with equal counts, a fresh one among them, share new sessions.
+func (a *Attempt) leastConn() *Target { return a.untilFree(false) }
+
+func (a *Attempt) leastLoaded(full *fullList) *Target {
+	var best *Target
+	var bestLoad int64
+	ties := uint64(0)
+	for _, t := range a.tab.up {
+		if !a.usable(t) || full.has(t) {
+			continue
+		}
+		l := t.st.active.Load()
+		switch {
+		case best == nil || lessLoaded(t, best, l, bestLoad):
+			best, bestLoad, ties = t, l, 1
+		case !lessLoaded(best, t, bestLoad, l): // a tie
+			ties++
+			if a.set.rand()%ties == 0 {
+				best, bestLoad = t, l
+			}
+		}
+	}
+	return best
 }
 
 // random takes the less loaded of two usable targets picked at random
@@ -295,35 +312,26 @@ func (a *Attempt) random() *Target {
 // hash takes the usable target with the highest rendezvous score for the
 // key; when it is at max_connections, the next highest, as every replica
 // would.
-func (a *Attempt) hash() *Target {
-	var full fullList
-	for full.n < maxFull {
-		var best *Target
-		var bestHash uint64
-		var bestScore float64
-		for _, t := range a.tab.up {
-			if !a.usable(t) || full.has(t) {
-				continue
-			}
-			h := hrwHash(a.key, t)
-			if a.tab.equal {
-				if best == nil || h > bestHash {
-					best, bestHash = t, h
-				}
-				continue
-			}
-			if sc := hrwScore(h, t.Weight); best == nil || sc > bestScore {
-				best, bestScore = t, sc
-			}
+func (a *Attempt) hash() *Target { return a.untilFree(true) }
+
+func (a *Attempt) highestScore(full *fullList) *Target {
+	var best *Target
+	var bestHash uint64
+	var bestScore float64
+	for _, t := range a.tab.up {
+		if !a.usable(t) || full.has(t) {
+			continue
 		}
-		if best == nil {
-			return nil
+		h := hrwHash(a.key, t)
+		if a.tab.equal {
+			if best == nil || h > bestHash {
+				best, bestHash = t, h
+			}
+			continue
 		}
-		if a.reserve(best) {
-			return best
+		if sc := hrwScore(h, t.Weight); best == nil || sc > bestScore {
+			best, bestScore = t, sc
 		}
-		full.t[full.n] = best
-		full.n++
 	}
-	return a.roundRobin()
+	return best
 }
