@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"io"
@@ -420,6 +421,7 @@ func TestBalancingAllocs(t *testing.T) {
 		{"least_conn", upstream.LeastConn, upstream.Key{}, ""},
 		{"random", upstream.Random, upstream.Key{}, ""},
 		{"hash client_ip", upstream.Hash, upstream.Key{Kind: upstream.KeyClientIP}, ""},
+		{"hash client_ip behind a trusted proxy", upstream.Hash, upstream.Key{Kind: upstream.KeyClientIP}, "X-Forwarded-For: 198.51.100.1, 2001:db8::7, 10.2.2.2\r\n"},
 		{"hash header", upstream.Hash, upstream.Key{Kind: upstream.KeyHeader, Name: "X-User"}, "X-User: alice\r\n"},
 		{"hash cookie", upstream.Hash, upstream.Key{Kind: upstream.KeyCookie, Name: "sid"}, "Cookie: sid=abc; other=1\r\n"},
 		{"hash query", upstream.Hash, upstream.Key{Kind: upstream.KeyQuery, Name: "room"}, ""},
@@ -436,10 +438,15 @@ func TestBalancingAllocs(t *testing.T) {
 			if tc.policy == upstream.Cookie {
 				header = "Cookie: wsgate_sticky=" + cookieValueOf(t, set) + "\r\n"
 			}
-			ctx := requestCtx(t, "GET /chat?room=lobby HTTP/1.1\r\nHost: example.com\r\n"+header+"\r\n", net.IPv4(192, 0, 2, 7))
+			peer := net.IPv4(192, 0, 2, 7)
+			if strings.HasPrefix(header, "X-Forwarded-For") {
+				peer = net.IPv4(10, 1, 1, 1) // a trusted proxy
+			}
+			ctx := requestCtx(t, "GET /chat?room=lobby HTTP/1.1\r\nHost: example.com\r\n"+header+"\r\n", peer)
 			step := func() {
 				var a upstream.Attempt
-				set.Begin(&a, ctx.Time(), h.balanceKey(ctx, set))
+				var kb [16]byte
+				set.Begin(&a, ctx.Time(), h.balanceKey(ctx, set, &kb))
 				tg := a.Next()
 				a.Responded(tg, 200)
 				tg.Release()
@@ -448,7 +455,8 @@ func TestBalancingAllocs(t *testing.T) {
 			if n := testing.AllocsPerRun(200, step); n != 0 {
 				t.Errorf("%v allocations per request, want 0", n)
 			}
-			if key := h.balanceKey(ctx, set); set.Key().Kind != upstream.KeyNone && len(key) == 0 {
+			var kb [16]byte
+			if key := h.balanceKey(ctx, set, &kb); set.Key().Kind != upstream.KeyNone && len(key) == 0 {
 				t.Errorf("balanceKey = empty, want the request's %s", set.Key())
 			}
 		})
@@ -481,18 +489,24 @@ func cookieValueOf(t *testing.T, set *upstream.Set) string {
 
 // TestClientIPKey: the client_ip key is the peer's address, or behind a
 // trusted proxy the last X-Forwarded-For address that is not a trusted
-// proxy (the earlier ones could be forged by the client).
+// proxy (the earlier ones could be forged by the client), always in its
+// 16-byte form: one client, one key, however it arrives.
 func TestClientIPKey(t *testing.T) {
 	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	key := func(s string) string { a := netip.MustParseAddr(s).As16(); return string(a[:]) }
 	cases := []struct {
 		name string
 		peer net.IP
 		xff  string
 		want string
 	}{
-		{"untrusted peer", net.IPv4(192, 0, 2, 7), "203.0.113.9", "\xc0\x00\x02\x07"},
-		{"trusted peer", net.IPv4(10, 1, 1, 1), "198.51.100.1, 203.0.113.9, 10.2.2.2", "203.0.113.9"},
-		{"trusted peer, no header", net.IPv4(10, 1, 1, 1), "", "\x0a\x01\x01\x01"},
+		{"untrusted peer", net.IPv4(192, 0, 2, 7), "203.0.113.9", key("192.0.2.7")},
+		{"untrusted peer, 16-byte form", net.IPv4(192, 0, 2, 7).To16(), "", key("192.0.2.7")},
+		{"trusted peer", net.IPv4(10, 1, 1, 1), "198.51.100.1, 203.0.113.9, 10.2.2.2", key("203.0.113.9")},
+		{"trusted peer, the same client as directly", net.IPv4(10, 1, 1, 1), "192.0.2.7", key("192.0.2.7")},
+		{"trusted peer, IPv4-mapped in the header", net.IPv4(10, 1, 1, 1), "::ffff:192.0.2.7", key("192.0.2.7")},
+		{"trusted peer, no header", net.IPv4(10, 1, 1, 1), "", key("10.1.1.1")},
+		{"trusted peer, not an address", net.IPv4(10, 1, 1, 1), "unknown, 10.2.2.2", "unknown"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -500,11 +514,8 @@ func TestClientIPKey(t *testing.T) {
 			if tc.xff != "" {
 				raw += "X-Forwarded-For: " + tc.xff + "\r\n"
 			}
-			got := clientIP(requestCtx(t, raw+"\r\n", tc.peer), trusted)
-			if ip := net.IP(got).To4(); ip != nil && len(got) == 16 {
-				got = ip
-			}
-			if string(got) != tc.want {
+			var kb [16]byte
+			if got := clientIP(requestCtx(t, raw+"\r\n", tc.peer), trusted, &kb); string(got) != tc.want {
 				t.Errorf("clientIP = %q, want %q", got, tc.want)
 			}
 		})
@@ -543,42 +554,75 @@ func TestHTTPTimeoutNotRetried(t *testing.T) {
 
 // TestStalePooledConnection: a pooled connection the backend closed while
 // it sat idle (an idle timeout, a restart) is found before a request is
-// written on it, so even a POST goes out once, on a new connection,
-// instead of failing with 502.
+// written on it, so even a POST goes out once, on a new connection to the
+// same (only) target, instead of failing with 502; also with a streamed
+// body, chunked or over retry_body_limit, none of which is lost.
 func TestStalePooledConnection(t *testing.T) {
-	var posts atomic.Int64
-	closed := make(chan struct{}, 16)
-	// Answers one request per connection, as keep-alive, then closes it.
-	addr, _ := startTCPBackend(t, func(c net.Conn) {
-		req, err := http.ReadRequest(bufio.NewReader(c))
-		if err != nil {
-			return
-		}
-		io.Copy(io.Discard, req.Body)
-		posts.Add(1)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
-		c.Close()
-		closed <- struct{}{}
-	})
-	up := testUpstream(addr)
-	p := startProxy(t, wsRoute(up))
-	c := httpClient(t)
-	for i := range 3 {
-		resp, body := do(t, c, newRequest(t, "POST", "http://"+p.addr+"/", strings.NewReader("data")))
-		if resp.StatusCode != 200 || body != "ok" {
-			t.Fatalf("POST %d: status %d body %q, want 200", i, resp.StatusCode, body)
-		}
-		select {
-		case <-closed:
-		case <-time.After(hangGuard):
-			t.Fatal("the backend did not close its connection")
-		}
+	big := make([]byte, 1<<20)
+	rand.Read(big)
+	cases := []struct {
+		name string
+		body func() io.Reader // a new reader for each request
+		size int64            // -1: chunked
+	}{
+		{"small body, held in memory", func() io.Reader { return strings.NewReader("data") }, 4},
+		{"chunked body, streamed", func() io.Reader { return io.MultiReader(strings.NewReader("da"), strings.NewReader("ta")) }, -1},
+		{"1 MiB body, streamed", func() io.Reader { return bytes.NewReader(big) }, int64(len(big))},
 	}
-	if got := posts.Load(); got != 3 {
-		t.Errorf("the backend saw %d POSTs, want 3 (each once)", got)
-	}
-	if strings.Contains(p.logs.String(), "target breaking connections") {
-		t.Errorf("a stale pooled connection was counted as a failure of the target:\n%s", p.logs)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var posts atomic.Int64
+			var badBodies atomic.Int64
+			closed := make(chan struct{}, 16)
+			want := ""
+			if b, err := io.ReadAll(tc.body()); err == nil {
+				want = string(b)
+			}
+			// Answers one request per connection, as keep-alive, then
+			// closes it.
+			addr, _ := startTCPBackend(t, func(c net.Conn) {
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				got, _ := io.ReadAll(req.Body)
+				if string(got) != want {
+					badBodies.Add(1)
+				}
+				posts.Add(1)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+				c.Close()
+				closed <- struct{}{}
+			})
+			up := testUpstream(addr)
+			p := startProxy(t, wsRoute(up))
+			c := httpClient(t)
+			for i := range 3 {
+				req := newRequest(t, "POST", "http://"+p.addr+"/", tc.body())
+				req.ContentLength = tc.size
+				if tc.size < 0 {
+					req.Body = io.NopCloser(tc.body()) // no length known: chunked
+				}
+				resp, body := do(t, c, req)
+				if resp.StatusCode != 200 || body != "ok" {
+					t.Fatalf("POST %d: status %d body %q, want 200", i, resp.StatusCode, body)
+				}
+				select {
+				case <-closed:
+				case <-time.After(hangGuard):
+					t.Fatal("the backend did not close its connection")
+				}
+			}
+			if got := posts.Load(); got != 3 {
+				t.Errorf("the backend saw %d POSTs, want 3 (each once)", got)
+			}
+			if n := badBodies.Load(); n != 0 {
+				t.Errorf("%d POSTs arrived with a body other than the one sent", n)
+			}
+			if strings.Contains(p.logs.String(), "target breaking connections") {
+				t.Errorf("a stale pooled connection was counted as a failure of the target:\n%s", p.logs)
+			}
+		})
 	}
 }
 
@@ -622,5 +666,43 @@ func TestIdleConnStaleCheck(t *testing.T) {
 		if got := idempotentLine([]byte(line)); got != want {
 			t.Errorf("idempotentLine(%q) = %v, want %v", line, got, want)
 		}
+	}
+}
+
+// TestTargetReleasedWhenClientLeaves: a client that goes away in the
+// middle of a streamed response, or of a refused handshake's body, does
+// not leave the target counted as busy.
+func TestTargetReleasedWhenClientLeaves(t *testing.T) {
+	stop := make(chan struct{})
+	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/refuse" {
+			w.WriteHeader(http.StatusForbidden)
+		}
+		w.Write(make([]byte, 200<<10)) // more than one write of the client
+		w.(http.Flusher).Flush()
+		select { // the body never ends
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	defer close(stop)
+	up := testUpstream(backend)
+	p := startProxyWith(t, slowCloses(), wsRoute(up))
+	for _, req := range []string{
+		"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /refuse HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, req)
+		c.SetReadDeadline(time.Now().Add(hangGuard))
+		if _, err := c.Read(make([]byte, 4096)); err != nil {
+			t.Fatalf("%q: read the response head: %v", req[:12], err)
+		}
+		waitFor(t, "the request to hold its target", hangGuard, func() bool { return p.set(up).Targets()[0].Active() == 1 })
+		c.Close()
+		waitFor(t, "the target released after the client left", hangGuard, func() bool { return idle(p.set(up)) })
 	}
 }

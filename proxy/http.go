@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
 
@@ -97,12 +99,12 @@ type idleTLSConn struct{ idleConn }
 func (c *idleTLSConn) Handshake() error { return c.Conn.(*tls.Conn).Handshake() }
 
 // balanceKey returns the request's value of the key its upstream balances
-// on (see upstream.Set.Key), or nil.
-func (h *Handler) balanceKey(ctx *fasthttp.RequestCtx, set *upstream.Set) []byte {
+// on (see upstream.Set.Key), or nil. buf holds a client_ip key.
+func (h *Handler) balanceKey(ctx *fasthttp.RequestCtx, set *upstream.Set, buf *[16]byte) []byte {
 	k := set.Key()
 	switch k.Kind {
 	case upstream.KeyClientIP:
-		return clientIP(ctx, h.trusted)
+		return clientIP(ctx, h.trusted, buf)
 	case upstream.KeyHeader:
 		return ctx.Request.Header.Peek(k.Name)
 	case upstream.KeyCookie:
@@ -116,32 +118,50 @@ func (h *Handler) balanceKey(ctx *fasthttp.RequestCtx, set *upstream.Set) []byte
 // clientIP returns the client's address as the key of client_ip hashing:
 // the peer's, or, when the peer is a trusted proxy, the last address in
 // X-Forwarded-For that is not itself a trusted proxy (the leftmost ones
-// could be forged by the client).
-func clientIP(ctx *fasthttp.RequestCtx, trusted []netip.Prefix) []byte {
-	ip := ctx.RemoteIP()
-	if len(trusted) == 0 {
-		return ip
-	}
-	if peer := peerAddr(ctx); !isTrusted(peer, trusted) {
-		return ip
-	}
-	lines := ctx.Request.Header.PeekAll("X-Forwarded-For")
-	for i := len(lines) - 1; i >= 0; i-- {
-		v := lines[i]
-		for len(v) > 0 {
-			j := bytes.LastIndexByte(v, ',')
-			elem := trimOWS(v[j+1:])
-			v = v[:max(j, 0)]
-			if len(elem) == 0 {
-				continue
-			}
-			a, err := netip.ParseAddr(string(elem))
-			if err != nil || !isTrusted(a.Unmap(), trusted) {
-				return elem
+// could be forged by the client). It is the address's 16-byte form (an
+// IPv4 address IPv4-mapped) written into buf, so that a client has one key
+// whether it reaches wsgate directly or through a proxy, over IPv4 or a
+// dual-stack listener, on every replica. An X-Forwarded-For element that
+// is not an address is the key as written.
+func clientIP(ctx *fasthttp.RequestCtx, trusted []netip.Prefix, buf *[16]byte) []byte {
+	addr := peerAddr(ctx)
+	if len(trusted) > 0 && isTrusted(addr, trusted) {
+		lines := ctx.Request.Header.PeekAll("X-Forwarded-For")
+	scan:
+		for i := len(lines) - 1; i >= 0; i-- {
+			v := lines[i]
+			for len(v) > 0 {
+				j := bytes.LastIndexByte(v, ',')
+				elem := trimOWS(v[j+1:])
+				v = v[:max(j, 0)]
+				if len(elem) == 0 {
+					continue
+				}
+				a, ok := parseAddr(elem)
+				if !ok {
+					return elem
+				}
+				if a = a.Unmap(); !isTrusted(a, trusted) {
+					addr = a
+					break scan
+				}
 			}
 		}
 	}
-	return ip
+	*buf = addr.As16()
+	return buf[:]
+}
+
+// parseAddr parses an IP address without allocating: netip.ParseAddr
+// keeps a zone, so a string conversion of b would be copied to the heap.
+// The string here shares b's bytes (the request header, unchanged during
+// the call), and zones are refused first, so nothing keeps it.
+func parseAddr(b []byte) (netip.Addr, bool) {
+	if len(b) == 0 || bytes.IndexByte(b, '%') >= 0 {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(unsafe.String(unsafe.SliceData(b), len(b)))
+	return a, err == nil
 }
 
 // retryIfErr retries an idempotent request once when a pooled keep-alive
@@ -290,6 +310,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	// failed before any byte went out (any method), or one that broke
 	// before the answer (idempotent requests only).
 	inMemory := true
+	bodyLen := 0 // of a streamed body
 	var body *requestBody
 	if stream := ctx.RequestBodyStream(); stream != nil {
 		body = &requestBody{r: stream, limit: limit, conn: ctx.Conn(), timeout: h.body}
@@ -306,7 +327,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 			req.SetBodyRaw(*bp)
 		} else {
 			inMemory = false // streamed: gone once sent
-			req.SetBodyStream(body, cl)
+			bodyLen = cl
 		}
 	} else {
 		req.SetBodyRaw(ctx.Request.Body())
@@ -319,7 +340,8 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		t   *upstream.Target
 		a   upstream.Attempt
 	)
-	set.Begin(&a, ctx.Time(), h.balanceKey(ctx, set))
+	var kb [16]byte
+	set.Begin(&a, ctx.Time(), h.balanceKey(ctx, set, &kb))
 	for {
 		next := a.Next()
 		if next == nil {
@@ -330,6 +352,9 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		}
 		t = next
 		req.URI().SetScheme(t.Scheme)
+		if !inMemory {
+			req.SetBodyStream(body, bodyLen) // fasthttp drops it once written
+		}
 		err = client(t).Do(req, resp)
 		if err == nil {
 			a.Responded(t, resp.StatusCode())
@@ -339,9 +364,9 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		switch {
 		case body != nil && (body.tooLarge || body.err != nil):
 			result = upstream.Aborted // the client's body failed, not the target
-		case !inMemory && body.n > 0 && (result == upstream.Busy || result == upstream.ConnectFailed):
-			// fasthttp had taken part of the streamed body into its
-			// buffer: what is left cannot be sent elsewhere.
+		case !inMemory && !body.unsent() && (result == upstream.Busy || result == upstream.Stale || result == upstream.ConnectFailed):
+			// Part of the streamed body is gone (into fasthttp's
+			// buffer, or out): what is left cannot be sent again.
 			result = upstream.Broken
 		}
 		if !a.Failed(t, result, replayable, err) {
@@ -543,7 +568,9 @@ func tryResult(err error) upstream.Result {
 			return upstream.ConnectTimedOut
 		}
 		return upstream.ConnectFailed
-	case errors.Is(err, fasthttp.ErrNoFreeConns), errors.Is(err, errStaleConn):
+	case errors.Is(err, errStaleConn):
+		return upstream.Stale
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
 		return upstream.Busy
 	case errors.Is(err, fasthttp.ErrTimeout), isTimeout(err):
 		return upstream.TimedOut
@@ -643,6 +670,7 @@ var (
 // streamed bodies) and a read-inactivity timeout.
 type requestBody struct {
 	r        io.Reader
+	pending  []byte // read from the client, not sent (see WriteTo)
 	limit    int64
 	n        int64
 	conn     net.Conn
@@ -676,7 +704,35 @@ func (b *requestBody) SupportsBodyWriteTo() bool { return true }
 
 // WriteTo writes the body to w, fasthttp's buffered writer to the
 // upstream (or its chunk writer); see copyBody.
-func (b *requestBody) WriteTo(w io.Writer) (int64, error) { return copyBody(w, b) }
+//
+// The first write of a request on a reused connection may find that the
+// backend closed it (errStaleConn): then nothing reached the socket, and
+// the request may go out again on another connection. So that no body
+// byte is lost to that, the head is flushed before the first body byte is
+// read where w allows it (a body of known length), and a chunk that met
+// errStaleConn (a chunked body: each chunk is flushed) is kept in pending
+// and written first by the next WriteTo.
+func (b *requestBody) WriteTo(w io.Writer) (int64, error) {
+	if bw, ok := w.(*bufio.Writer); ok {
+		if err := bw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	var written int64
+	if len(b.pending) > 0 {
+		if _, err := w.Write(b.pending); err != nil {
+			return 0, err // a second stale connection: pending stays
+		}
+		written, b.pending = int64(len(b.pending)), b.pending[:0]
+	}
+	n, err := copyBodyKeep(w, b, b)
+	return written + n, err
+}
+
+// unsent reports whether every body byte read from the client so far is
+// still at hand (none, or all of it in pending): the request can then go
+// out again whole.
+func (b *requestBody) unsent() bool { return b.n == int64(len(b.pending)) }
 
 // copyBody copies a streamed body from r to w through a pooled 32 KiB
 // buffer, writing each read as it arrives: toward a chunked message that
@@ -696,7 +752,11 @@ func (b *requestBody) WriteTo(w io.Writer) (int64, error) { return copyBody(w, b
 // and splice(2) from the upstream socket through a pipe to the client
 // (per CPU-second within noise of this copy, MiB/s 5-25% lower: pages
 // pinned until the client reads them cost the backend new ones).
-func copyBody(w io.Writer, r io.Reader) (int64, error) {
+func copyBody(w io.Writer, r io.Reader) (int64, error) { return copyBodyKeep(w, r, nil) }
+
+// copyBodyKeep is copyBody that, when a write fails with errStaleConn
+// (nothing was sent), keeps the chunk in keep.pending.
+func copyBodyKeep(w io.Writer, r io.Reader, keep *requestBody) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -710,6 +770,9 @@ func copyBody(w io.Writer, r io.Reader) (int64, error) {
 				err = io.ErrShortWrite
 			}
 			if err != nil {
+				if keep != nil && m == 0 && errors.Is(err, errStaleConn) {
+					keep.pending = append(keep.pending[:0], buf[:n]...)
+				}
 				return written, err
 			}
 		}

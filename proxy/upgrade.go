@@ -165,7 +165,8 @@ var errBadHandshake = errors.New("invalid websocket handshake response")
 // by the caller (see upstream.Attempt): for a session until it ends, for
 // a refusal until its body is relayed.
 func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r *routes.Route, set *upstream.Set, a *upstream.Attempt) (*backendHandshake, error) {
-	set.Begin(a, ctx.Time(), h.balanceKey(ctx, set))
+	var kb [16]byte
+	set.Begin(a, ctx.Time(), h.balanceKey(ctx, set, &kb))
 	var (
 		bh  *backendHandshake
 		err error

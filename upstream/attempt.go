@@ -16,6 +16,10 @@ const (
 	// Busy: the target had no free connection; nothing was sent. It is
 	// not counted against the target.
 	Busy
+	// Stale: a pooled connection to the target turned out closed by the
+	// target while idle; nothing was sent. It is not counted, and the
+	// target may take the next try, on a new connection.
+	Stale
 	// Broken: the request was sent (or partly), then the connection
 	// broke (reset, EOF, an answer that is not HTTP) before a response
 	// head.
@@ -129,6 +133,11 @@ func (a *Attempt) Failed(t *Target, r Result, replayable bool, err error) (again
 	t.st.active.Add(-1)
 	a.set.failed(t, r, err)
 	switch r {
+	case Stale:
+		a.again = true
+		if a.n > 0 && a.tried[a.n-1] == t {
+			a.tried[a.n-1] = nil // not tried: it had no chance (n still counts)
+		}
 	case ConnectFailed, ConnectTimedOut, Busy:
 		a.again = true
 	case Broken:
@@ -162,7 +171,7 @@ func (a *Attempt) usable(t *Target) bool {
 		return false
 	}
 	for _, u := range a.tried[:a.n] {
-		if u == t {
+		if u == t { // a nil entry (Stale) matches no target
 			return false
 		}
 	}

@@ -48,7 +48,7 @@ type Config struct {
 	// the first (see [Attempt.Failed] for when it may).
 	Retries int
 	// TryTimeout is the time after which no new try starts; 0 means no
-	// limit.
+	// limit (the config package always sets one).
 	TryTimeout time.Duration
 	// RetryBodyLimit is the largest request body that is buffered, so
 	// that an idempotent request can be sent again after its connection

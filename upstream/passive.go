@@ -31,7 +31,7 @@ func (s *Set) failed(t *Target, r Result, err error) {
 	case Broken, BadResponse:
 		kind = failBroken
 	default:
-		return // Busy is wsgate's own limit, not the target's fault
+		return // Busy and Stale are not the target's fault
 	}
 	why := "unknown error"
 	if err != nil {
@@ -68,15 +68,20 @@ func (s *Set) countFailure(t *Target, why string) {
 			st.winFails.Store(0)
 		}
 	}
-	if st.winFails.Add(1) == int32(p.Failures) {
-		s.eject(t, now, why)
+	// >=, not ==: a count past the threshold (an ejection the cap held
+	// back, failures of requests still in flight) tries again; eject does
+	// nothing for a target already out.
+	if n := st.winFails.Add(1); n >= int32(p.Failures) {
+		s.eject(t, now, why, n == int32(p.Failures))
 	}
 }
 
 // eject takes t out of rotation for Passive.EjectFor, doubled for each
 // ejection in a row, unless that would put more than MaxEjectPercent of
 // the targets out of rotation.
-func (s *Set) eject(t *Target, now int64, why string) {
+// first says the window just reached the threshold: the line that says the
+// cap held an ejection back is written then only, not on every failure.
+func (s *Set) eject(t *Target, now int64, why string, first bool) {
 	p := s.cfg.Passive
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -91,7 +96,14 @@ func (s *Set) eject(t *Target, now int64, why string) {
 			down++
 		}
 	}
-	if (down+1)*100 > p.MaxEjectPercent*len(all) {
+	if st.down.Load() == 0 {
+		down++ // t itself, if it is not already out (unhealthy)
+	}
+	if down*100 > p.MaxEjectPercent*len(all) {
+		if !first {
+			return
+		}
+		down-- // the others
 		s.log.Warn("target not ejected: max_eject_percent reached", "target", t.URL,
 			"reason", why, "out_of_rotation", down, "targets", len(all), "max_eject_percent", p.MaxEjectPercent)
 		return
@@ -150,7 +162,10 @@ func (s *Set) ejectLoop() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		wait := s.expireEjections()
+		// At least every eject_for: a target may have been ejected by
+		// the set of another config sharing its state (a reload), which
+		// wakes only its own ejector.
+		wait := min(s.expireEjections(), s.cfg.Passive.EjectFor)
 		timer.Reset(wait)
 		select {
 		case <-s.ctx.Done():

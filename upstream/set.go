@@ -120,7 +120,11 @@ func New(cfg *Config, o Options) *Set {
 	s.names = mergeNames(s.names)
 	s.mu.Lock()
 	s.setTargets(all)
-	s.pruneStates()
+	if len(s.names) == 0 {
+		// With discovery, the states of discovered addresses wait for
+		// the first lookup (Start), which prunes.
+		s.pruneStates()
+	}
 	s.mu.Unlock()
 	return s
 }

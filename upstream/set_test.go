@@ -451,3 +451,70 @@ func TestHostHeader(t *testing.T) {
 		})
 	}
 }
+
+// TestPreviousDiscoveredState: the state of a discovered target (here an
+// ejection) carries over to the set of the next config, whose first
+// lookup finds the address again.
+func TestPreviousDiscoveredState(t *testing.T) {
+	r := newFakeResolver()
+	r.set("svc.test", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
+	p := &Passive{Failures: 1, Window: time.Minute, EjectFor: time.Hour, MaxEjectFor: time.Hour, MaxEjectPercent: 100}
+	cfg := func() *Config {
+		return &Config{Name: "api", Targets: []TargetConfig{{Scheme: "http", Host: "svc.test", Port: "80", Weight: 1}}, ResolveEvery: time.Hour, Passive: p}
+	}
+	prev := newTestSet(t, cfg(), Options{Resolver: r})
+	prev.Start()
+	bad := prev.Targets()[0]
+	failOn(t, prev, bad, ConnectFailed, 1)
+	if bad.Healthy() {
+		t.Fatal("Healthy() = true after the failure, want ejected")
+	}
+	next := newTestSet(t, cfg(), Options{Resolver: r, Previous: prev})
+	next.Start()
+	bad2 := targetByURL(next, bad.URL)
+	if bad2 == nil {
+		t.Fatalf("%s not discovered by the next set", bad.URL)
+	}
+	if bad2.Healthy() {
+		t.Errorf("%s: Healthy() = true in the next set, want the ejection kept", bad.URL)
+	}
+}
+
+// TestCrossSetEjectionEnds: an ejection made through the set of the old
+// config (a request of it failing after the reload) ends in the new set
+// too, although only the old set's ejector heard of it.
+func TestCrossSetEjectionEnds(t *testing.T) {
+	p := &Passive{Failures: 1, Window: time.Minute, EjectFor: 100 * time.Millisecond, MaxEjectFor: time.Second, MaxEjectPercent: 100}
+	prev := newTestSet(t, &Config{Name: "a", Targets: fakeTargets(2), Passive: p}, Options{})
+	prev.Start()
+	next := newTestSet(t, &Config{Name: "a", Targets: fakeTargets(2), Passive: p}, Options{Previous: prev})
+	next.Start()
+	prev.Close()
+	bad := prev.Targets()[0]
+	failOn(t, prev, bad, ConnectFailed, 1)
+	bad2 := targetByURL(next, bad.URL)
+	if bad2.Healthy() {
+		t.Fatal("Healthy() = true in the new set right after the ejection, want false")
+	}
+	waitFor(t, "the ejection to end in the new set", bad2.Healthy)
+}
+
+// TestPassiveThresholdAfterCap: failures counted past the threshold while
+// the cap held the ejection back still eject once the cap allows it.
+func TestPassiveThresholdAfterCap(t *testing.T) {
+	p := &Passive{Failures: 1, Window: time.Hour, EjectFor: time.Hour, MaxEjectFor: time.Hour, MaxEjectPercent: 50}
+	s := newTestSet(t, &Config{Name: "a", Targets: fakeTargets(2), Passive: p}, Options{})
+	a, b := s.Targets()[0], s.Targets()[1]
+	failOn(t, s, a, ConnectFailed, 1) // a out: 1 of 2
+	failOn(t, s, b, ConnectFailed, 1) // the cap holds b back
+	if a.Healthy() || !b.Healthy() {
+		t.Fatalf("Healthy() a %v b %v, want a ejected and b held back by the cap", a.Healthy(), b.Healthy())
+	}
+	s.mu.Lock()
+	s.readmit(a, time.Now().UnixNano(), "test")
+	s.mu.Unlock()
+	failOn(t, s, b, ConnectFailed, 1) // b's window holds 2 now: past the threshold
+	if b.Healthy() {
+		t.Error("Healthy() = true for b after a failure past the threshold, with the cap free again: want ejected")
+	}
+}
