@@ -50,6 +50,7 @@ const (
 	defaultHealthyAfter     = 2
 	defaultUnhealthyAfter   = 3
 	defaultPassiveFailures  = 5
+	maxPassiveFailures      = 10000
 	defaultPassiveWindow    = 10 * time.Second
 	defaultEjectFor         = 30 * time.Second
 	defaultMaxEjectFor      = 5 * time.Minute
@@ -141,7 +142,8 @@ type Upstream struct {
 	// target is https. Default: system roots, the target's host name.
 	TLS *UpstreamTLS `yaml:"tls"`
 	// ConnectTimeout bounds the TCP connect to a target and, for https
-	// targets, the TLS handshake after it. Default 5s.
+	// targets, the TLS handshake after it (for WebSocket the handshake
+	// falls under handshake_timeout). Default 5s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	// ResponseTimeout bounds the wait for the response head, and each
 	// later silence while reading the response body. Default 60s.
@@ -168,10 +170,11 @@ type Upstream struct {
 	// TryTimeout is the time after which no new try of a request starts.
 	// Default 10s.
 	TryTimeout time.Duration `yaml:"try_timeout"`
-	// RetryBodyLimit is the largest request body (of known length) held in
-	// memory so that an idempotent request can be sent again; larger and
-	// chunked bodies are streamed and never resent. At most 16MiB.
-	// Default 64KiB.
+	// RetryBodyLimit is the largest request body (of known length) read
+	// into memory before a request goes out (with retries on), so that the
+	// request can be sent again: after a failed connect any request, after
+	// a broken connection an idempotent one. Larger and chunked bodies are
+	// streamed. At most 16MiB. Default 64KiB.
 	RetryBodyLimit Size `yaml:"retry_body_limit"`
 	// Resolve resolves target host names every ResolveEvery and makes each
 	// A/AAAA address a target with the same scheme, port and weight (DNS
@@ -232,7 +235,8 @@ type Health struct {
 	// Interval is the time between two checks of a target (±10 %).
 	// Default 10s.
 	Interval time.Duration `yaml:"interval"`
-	// Timeout bounds one check; at most interval. Default 5s.
+	// Timeout bounds one check; at most interval. Default 5s, or interval
+	// when that is shorter.
 	Timeout time.Duration `yaml:"timeout"`
 	// ExpectStatus lists the statuses an HTTP check accepts: codes,
 	// ranges and classes, comma-separated, such as "200", "200-299, 304"
@@ -272,14 +276,15 @@ type WebSocketCheck struct {
 // EjectFor, doubling on each ejection in a row up to MaxEjectFor. An
 // active check that passes, or the end of the period, brings it back.
 type Passive struct {
-	// Failures within Window eject a target. Default 5.
+	// Failures within Window eject a target, 1 to 10000. Default 5.
 	Failures int `yaml:"failures"`
 	// Window is the period failures are counted in. Default 10s.
 	Window time.Duration `yaml:"window"`
 	// EjectFor is the first ejection's length. Default 30s.
 	EjectFor time.Duration `yaml:"eject_for"`
 	// MaxEjectFor caps the doubled lengths; a target back for longer than
-	// this starts over at EjectFor. Default 5m.
+	// this starts over at EjectFor. Default 5m, or eject_for when that is
+	// longer.
 	MaxEjectFor time.Duration `yaml:"max_eject_for"`
 	// MaxEjectPercent is the largest share of the targets that may be out
 	// of rotation (ejected or unhealthy) for an ejection to happen, so a

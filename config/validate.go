@@ -280,6 +280,14 @@ func (v *validator) upstream(path, name string, u *Upstream) *upstream.Config {
 	uc.MaxConnections = u.MaxConnections
 
 	v.balance(path+".balance", &u.Balance, uc)
+	// "health:" or "passive:" with no value is present: it turns the
+	// feature on with its defaults, as {} does.
+	if u.Health == nil && v.loc.has(path+".health") {
+		u.Health = &Health{}
+	}
+	if u.Passive == nil && v.loc.has(path+".passive") {
+		u.Passive = &Passive{}
+	}
 	if u.Health != nil {
 		uc.Health = v.health(path+".health", u.Health)
 	}
@@ -369,10 +377,13 @@ func (v *validator) health(path string, h *Health) *upstream.Health {
 	if h.Path == "" && h.WebSocket == nil {
 		v.atf(path, "needs path (an HTTP check) or websocket (a WebSocket check)")
 	}
-	if h.Path != "" && h.Path[0] != '/' {
-		v.atf(path+".path", "%q must start with \"/\"", h.Path)
+	if h.Path != "" {
+		v.requestPath(path+".path", h.Path)
 	}
 	v.duration(path+".interval", &h.Interval, defaultHealthInterval)
+	if h.Timeout == 0 && h.Interval > 0 {
+		h.Timeout = min(defaultHealthTimeout, h.Interval) // a short interval shortens the default
+	}
 	v.duration(path+".timeout", &h.Timeout, defaultHealthTimeout)
 	if h.Timeout > h.Interval && h.Interval > 0 {
 		v.atf(path+".timeout", "%s is longer than interval %s", h.Timeout, h.Interval)
@@ -395,11 +406,10 @@ func (v *validator) health(path string, h *Health) *upstream.Health {
 	if w := h.WebSocket; w != nil {
 		wpath := path + ".websocket"
 		wc := &upstream.WebSocketCheck{Path: w.Path, Subprotocol: w.Subprotocol, Send: w.Send}
-		switch {
-		case w.Path == "":
+		if w.Path == "" {
 			v.atf(wpath+".path", "required (the path of the upgrade, such as \"/ws\")")
-		case w.Path[0] != '/':
-			v.atf(wpath+".path", "%q must start with \"/\"", w.Path)
+		} else {
+			v.requestPath(wpath+".path", w.Path)
 		}
 		if w.Subprotocol != "" && !isToken(w.Subprotocol) {
 			v.atf(wpath+".subprotocol", "invalid subprotocol %q", w.Subprotocol)
@@ -417,6 +427,21 @@ func (v *validator) health(path string, h *Health) *upstream.Health {
 		hc.WebSocket = wc
 	}
 	return hc
+}
+
+// requestPath checks a path sent as is in a request line: it starts with
+// "/" and holds no space or control character.
+func (v *validator) requestPath(path, p string) {
+	if p[0] != '/' {
+		v.atf(path, "%q must start with \"/\"", p)
+		return
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c <= ' ' || c == 0x7f {
+			v.atf(path, "%q has a space or control character (percent-encode it)", p)
+			return
+		}
+	}
 }
 
 // count replaces a zero count with def and rejects a negative one.
@@ -465,8 +490,14 @@ func parseStatuses(s string) ([]upstream.StatusRange, error) {
 // passive checks and compiles an upstream's passive ejection.
 func (v *validator) passive(path string, p *Passive) *upstream.Passive {
 	v.count(path+".failures", &p.Failures, defaultPassiveFailures)
+	if p.Failures > maxPassiveFailures {
+		v.atf(path+".failures", "invalid count %d (want 1 to %d)", p.Failures, maxPassiveFailures)
+	}
 	v.duration(path+".window", &p.Window, defaultPassiveWindow)
 	v.duration(path+".eject_for", &p.EjectFor, defaultEjectFor)
+	if p.MaxEjectFor == 0 {
+		p.MaxEjectFor = max(defaultMaxEjectFor, p.EjectFor) // a long eject_for raises the default cap
+	}
 	v.duration(path+".max_eject_for", &p.MaxEjectFor, defaultMaxEjectFor)
 	if p.MaxEjectFor < p.EjectFor {
 		v.atf(path+".max_eject_for", "%s is shorter than eject_for %s", p.MaxEjectFor, p.EjectFor)
@@ -499,6 +530,9 @@ func (v *validator) discovery(path string, u *Upstream, uc *upstream.Config) {
 		uc.Resolvers = append(uc.Resolvers, addr)
 	}
 	if !u.Resolve {
+		if v.loc.has(path+".resolve_every") && v.loc.has(path+".resolve") && u.ResolveEvery != defaultResolveEvery {
+			v.warnf(path+".resolve_every", "has no effect: resolve is false")
+		}
 		return
 	}
 	uc.ResolveEvery = u.ResolveEvery
