@@ -186,9 +186,18 @@ type gateway struct {
 // what was opened and returns the error.
 func start(cfg *config.Config, log *slog.Logger, accessLog bool) (*gateway, error) {
 	g := &gateway{cfg: cfg, log: log, failed: make(chan error, 1)}
+	// Upstreams no route names get no set: nothing would use their
+	// health checks or lookups.
+	used := map[string]bool{}
+	for _, r := range cfg.Table.Routes() {
+		if r.Upstream != nil {
+			used[r.Upstream.Name] = true
+		}
+	}
 	for _, name := range slices.Sorted(maps.Keys(cfg.UpstreamConfigs)) {
-		s := upstream.New(cfg.UpstreamConfigs[name], upstream.Options{Logger: log})
-		g.sets = append(g.sets, s)
+		if used[name] {
+			g.sets = append(g.sets, upstream.New(cfg.UpstreamConfigs[name], upstream.Options{Logger: log}))
+		}
 	}
 	g.handler = proxy.New(proxy.Options{
 		Routes:         cfg.Table,
@@ -211,9 +220,13 @@ func start(cfg *config.Config, log *slog.Logger, accessLog bool) (*gateway, erro
 			ln.Close()
 		}
 	}
+	// Each Start may wait for its first DNS lookups (at most 5 s): in
+	// parallel, so that N upstreams with discovery cost 5 s, not 5N.
+	var started sync.WaitGroup
 	for _, s := range g.sets {
-		s.Start()
+		started.Go(s.Start)
 	}
+	started.Wait()
 	defer func() {
 		if g.lns == nil { // start failed: nothing will call shutdown
 			g.closeSets()
