@@ -433,7 +433,7 @@ func TestBalancingAllocs(t *testing.T) {
 			cfg.Policy, cfg.Key = tc.policy, tc.key
 			cfg.Sticky = upstream.Sticky{Cookie: "wsgate_sticky"}
 			set := upstream.New(cfg, upstream.Options{})
-			h := &Handler{trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+			sn := &snapshot{trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
 			header := tc.header
 			if tc.policy == upstream.Cookie {
 				header = "Cookie: wsgate_sticky=" + cookieValueOf(t, set) + "\r\n"
@@ -446,7 +446,7 @@ func TestBalancingAllocs(t *testing.T) {
 			step := func() {
 				var a upstream.Attempt
 				var kb [16]byte
-				set.Begin(&a, ctx.Time(), h.balanceKey(ctx, set, &kb))
+				set.Begin(&a, ctx.Time(), balanceKey(ctx, sn, set, &kb))
 				tg := a.Next()
 				a.Responded(tg, 200)
 				tg.Release()
@@ -456,7 +456,7 @@ func TestBalancingAllocs(t *testing.T) {
 				t.Errorf("%v allocations per request, want 0", n)
 			}
 			var kb [16]byte
-			if key := h.balanceKey(ctx, set, &kb); set.Key().Kind != upstream.KeyNone && len(key) == 0 {
+			if key := balanceKey(ctx, sn, set, &kb); set.Key().Kind != upstream.KeyNone && len(key) == 0 {
 				t.Errorf("balanceKey = empty, want the request's %s", set.Key())
 			}
 		})

@@ -48,15 +48,13 @@ type Options struct {
 // forwards HTTP, performs both WebSocket handshakes and owns the relays.
 // It is safe for concurrent use.
 type Handler struct {
-	table     *routes.Table
-	trusted   []netip.Prefix
-	write     time.Duration
-	body      time.Duration
+	// cur is the config requests are served with: one atomic load at the
+	// top of ServeHTTP, and everything a request reads comes from it.
+	// Reload swaps it.
+	cur       atomic.Pointer[snapshot]
 	accessLog bool
 	log       *slog.Logger
-	closeWait time.Duration                      // the close-handshake budget (see closeWait)
-	sets      map[*routes.Upstream]*upstream.Set // read-only after New
-	statics   map[*routes.Route]fasthttp.RequestHandler
+	closeWait time.Duration // the close-handshake budget (see closeWait)
 
 	mu        sync.Mutex
 	sessions  map[*session]struct{} // guarded by mu
@@ -69,26 +67,62 @@ type Handler struct {
 	handOffs atomic.Int64
 }
 
+// snapshot is what one config gives the request path. It is immutable:
+// a reload builds a new one and swaps it whole.
+type snapshot struct {
+	table   *routes.Table
+	trusted []netip.Prefix
+	write   time.Duration
+	body    time.Duration
+	sets    map[*routes.Upstream]*upstream.Set
+	byName  map[string]*upstream.Set
+	statics map[*routes.Route]fasthttp.RequestHandler
+}
+
+// newSnapshot compiles the swappable part of o. It panics when a route
+// names an upstream that is not in o.Upstreams: the caller's bug.
+func newSnapshot(o *Options) *snapshot {
+	sn := &snapshot{
+		table:   o.Routes,
+		trusted: o.TrustedProxies,
+		write:   o.WriteTimeout,
+		body:    o.BodyTimeout,
+		sets:    map[*routes.Upstream]*upstream.Set{},
+		byName:  make(map[string]*upstream.Set, len(o.Upstreams)),
+		statics: map[*routes.Route]fasthttp.RequestHandler{},
+	}
+	if sn.write <= 0 {
+		sn.write = 60 * time.Second
+	}
+	if sn.body <= 0 {
+		sn.body = 60 * time.Second
+	}
+	for _, s := range o.Upstreams {
+		sn.byName[s.Name()] = s
+	}
+	for _, r := range sn.table.Routes() {
+		if r.Upstream != nil && sn.sets[r.Upstream] == nil {
+			s := sn.byName[r.Upstream.Name]
+			if s == nil {
+				panic(fmt.Sprintf("proxy: route %q names upstream %q, which is not in Options.Upstreams", r.Name, r.Upstream.Name))
+			}
+			sn.sets[r.Upstream] = s
+		}
+		if r.Static != nil {
+			sn.statics[r] = newStatic(r)
+		}
+	}
+	return sn
+}
+
 // New returns a handler for o.Routes.
 func New(o Options) *Handler {
 	h := &Handler{
-		table:     o.Routes,
-		trusted:   o.TrustedProxies,
-		write:     o.WriteTimeout,
-		body:      o.BodyTimeout,
 		accessLog: o.AccessLog,
 		log:       o.Logger,
 		closeWait: o.closeWait,
-		sets:      map[*routes.Upstream]*upstream.Set{},
-		statics:   map[*routes.Route]fasthttp.RequestHandler{},
 		sessions:  map[*session]struct{}{},
 		changed:   make(chan struct{}),
-	}
-	if h.write <= 0 {
-		h.write = 60 * time.Second
-	}
-	if h.body <= 0 {
-		h.body = 60 * time.Second
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -96,22 +130,7 @@ func New(o Options) *Handler {
 	if h.closeWait <= 0 {
 		h.closeWait = closeWait
 	}
-	byName := make(map[string]*upstream.Set, len(o.Upstreams))
-	for _, s := range o.Upstreams {
-		byName[s.Name()] = s
-	}
-	for _, r := range h.table.Routes() {
-		if r.Upstream != nil && h.sets[r.Upstream] == nil {
-			s := byName[r.Upstream.Name]
-			if s == nil {
-				panic(fmt.Sprintf("proxy: route %q names upstream %q, which is not in Options.Upstreams", r.Name, r.Upstream.Name))
-			}
-			h.sets[r.Upstream] = s
-		}
-		if r.Static != nil {
-			h.statics[r] = newStatic(r)
-		}
-	}
+	h.cur.Store(newSnapshot(&o))
 	return h
 }
 
@@ -137,7 +156,8 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		// routing, the backend's Host and X-Forwarded-Host alike.
 		ctx.Request.Header.SetHostBytes(ctx.Host())
 	}
-	r := h.table.Match(ctx.Method(), ctx.Host(), ctx.Path())
+	sn := h.cur.Load()
+	r := sn.table.Match(ctx.Method(), ctx.Host(), ctx.Path())
 	if r == nil {
 		plainError(ctx, fasthttp.StatusNotFound, "no route")
 		h.logRequest(ctx, nil, fasthttp.StatusNotFound, "")
@@ -152,12 +172,12 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.Set("Location", r.Redirect.To)
 		ctx.SetStatusCode(r.Redirect.Status)
 	case r.Static != nil:
-		h.statics[r](ctx)
+		sn.statics[r](ctx)
 	case isUpgradeAttempt(ctx) && r.WebSocket.Enabled:
-		h.serveWebSocket(ctx, r)
+		h.serveWebSocket(ctx, sn, r)
 		return
 	default:
-		h.serveHTTP(ctx, r)
+		h.serveHTTP(ctx, sn, r)
 		return
 	}
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)

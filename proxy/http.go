@@ -100,11 +100,11 @@ func (c *idleTLSConn) Handshake() error { return c.Conn.(*tls.Conn).Handshake() 
 
 // balanceKey returns the request's value of the key its upstream balances
 // on (see upstream.Set.Key), or nil. buf holds a client_ip key.
-func (h *Handler) balanceKey(ctx *fasthttp.RequestCtx, set *upstream.Set, buf *[16]byte) []byte {
+func balanceKey(ctx *fasthttp.RequestCtx, sn *snapshot, set *upstream.Set, buf *[16]byte) []byte {
 	k := set.Key()
 	switch k.Kind {
 	case upstream.KeyClientIP:
-		return clientIP(ctx, h.trusted, buf)
+		return clientIP(ctx, sn.trusted, buf)
 	case upstream.KeyHeader:
 		return ctx.Request.Header.Peek(k.Name)
 	case upstream.KeyCookie:
@@ -286,8 +286,8 @@ func (c *idleConn) SetWriteDeadline(time.Time) error { return nil }
 
 // serveHTTP forwards a plain HTTP request to r's upstream and streams the
 // response back.
-func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
-	set := h.sets[r.Upstream]
+func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route) {
+	set := sn.sets[r.Upstream]
 	limit := r.MaxRequestBody
 
 	// Body limit before any byte goes upstream (413).
@@ -302,7 +302,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	ctx.Request.Header.CopyTo(&req.Header)
 	removeHopByHop(&req.Header)
 	req.Header.ResetConnectionClose()
-	setForwarded(&req.Header, &ctx.Request.Header, peerAddr(ctx), ctx.IsTLS(), h.trusted)
+	setForwarded(&req.Header, &ctx.Request.Header, peerAddr(ctx), ctx.IsTLS(), sn.trusted)
 	applyRequestOps(&req.Header, &r.RequestHeaders)
 	setUpstreamURI(req, ctx, r)
 
@@ -313,7 +313,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	bodyLen := 0 // of a streamed body
 	var body *requestBody
 	if stream := ctx.RequestBodyStream(); stream != nil {
-		body = &requestBody{r: stream, limit: limit, conn: ctx.Conn(), timeout: h.body}
+		body = &requestBody{r: stream, limit: limit, conn: ctx.Conn(), timeout: sn.body}
 		cl := ctx.Request.Header.ContentLength()
 		if up := set.Config(); up.Retries > 0 && cl >= 0 && int64(cl) <= up.RetryBodyLimit {
 			bp, err := readBody(body, cl)
@@ -341,7 +341,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		a   upstream.Attempt
 	)
 	var kb [16]byte
-	set.Begin(&a, ctx.Time(), h.balanceKey(ctx, set, &kb))
+	set.Begin(&a, ctx.Time(), balanceKey(ctx, sn, set, &kb))
 	for {
 		next := a.Next()
 		if next == nil {
@@ -452,7 +452,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		size = -1 // chunked toward the client, also for read-until-close bodies
 	}
 	rb := &responseBody{
-		h: h, resp: resp, r: stream, conn: ctx.Conn(), timeout: h.write, target: t,
+		h: h, resp: resp, r: stream, conn: ctx.Conn(), timeout: sn.write, target: t,
 		logAttrs: h.accessAttrs(ctx, r, t.Addr),
 		status:   resp.StatusCode(),
 		start:    ctx.Time(),

@@ -83,7 +83,7 @@ func originAllowed(ctx *fasthttp.RequestCtx, allow []string) bool {
 // request, dials the backend and completes the handshake there first, and
 // only after a valid 101 upgrades the client. Every failure before that
 // point is an ordinary HTTP response on a connection that stays HTTP.
-func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, r *routes.Route) {
+func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route) {
 	if status, msg := checkClientHandshake(ctx); status != 0 {
 		plainError(ctx, status, msg)
 		if status == fasthttp.StatusUpgradeRequired {
@@ -113,9 +113,9 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, r *routes.Route) {
 	}
 	bctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	set := h.sets[r.Upstream]
+	set := sn.sets[r.Upstream]
 	var a upstream.Attempt
-	bh, err := h.dialBackend(bctx, ctx, r, set, &a)
+	bh, err := h.dialBackend(bctx, ctx, sn, r, set, &a)
 	if err != nil {
 		status, msg := handshakeStatus(err)
 		backend := ""
@@ -135,7 +135,7 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, r *routes.Route) {
 		h.relayRefusal(ctx, r, bh)
 		return
 	}
-	s = h.upgradeClient(ctx, r, bh)
+	s = h.upgradeClient(ctx, sn, r, bh)
 }
 
 // backendHandshake is the backend's answer to wsgate's upgrade request.
@@ -164,9 +164,9 @@ var errBadHandshake = errors.New("invalid websocket handshake response")
 // or an answer of any kind ends the search. On success the target is held
 // by the caller (see upstream.Attempt): for a session until it ends, for
 // a refusal until its body is relayed.
-func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r *routes.Route, set *upstream.Set, a *upstream.Attempt) (*backendHandshake, error) {
+func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, set *upstream.Set, a *upstream.Attempt) (*backendHandshake, error) {
 	var kb [16]byte
-	set.Begin(a, ctx.Time(), h.balanceKey(ctx, set, &kb))
+	set.Begin(a, ctx.Time(), balanceKey(ctx, sn, set, &kb))
 	var (
 		bh  *backendHandshake
 		err error
@@ -180,7 +180,7 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r 
 			return bh, err
 		}
 		var result upstream.Result
-		bh, result, err = h.tryHandshake(bctx, ctx, r, set.Config(), t)
+		bh, result, err = h.tryHandshake(bctx, ctx, sn, r, set.Config(), t)
 		if err == nil {
 			a.Responded(t, bh.resp.StatusCode)
 			return bh, nil
@@ -195,7 +195,7 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, r 
 // Upgrade, Connection, Sec-WebSocket-Accept and that the chosen
 // subprotocol and extensions were offered. A failure says how it went
 // for the target.
-func (h *Handler) tryHandshake(bctx context.Context, ctx *fasthttp.RequestCtx, r *routes.Route, up *upstream.Config, t *upstream.Target) (*backendHandshake, upstream.Result, error) {
+func (h *Handler) tryHandshake(bctx context.Context, ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, up *upstream.Config, t *upstream.Target) (*backendHandshake, upstream.Result, error) {
 	deadline, _ := bctx.Deadline()
 	bh := &backendHandshake{target: t}
 	conn, err := dialTarget(bctx, up, t)
@@ -222,7 +222,7 @@ func (h *Handler) tryHandshake(bctx context.Context, ctx *fasthttp.RequestCtx, r
 	for _, name := range []string{"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Accept", "Content-Length"} {
 		req.Header.Del(name)
 	}
-	setForwarded(&req.Header, &ctx.Request.Header, peerAddr(ctx), ctx.IsTLS(), h.trusted)
+	setForwarded(&req.Header, &ctx.Request.Header, peerAddr(ctx), ctx.IsTLS(), sn.trusted)
 	applyRequestOps(&req.Header, &r.RequestHeaders)
 	setUpstreamURI(req, ctx, r)
 	req.Header.Set("Upgrade", "websocket")
@@ -392,14 +392,14 @@ func (h *Handler) relayRefusal(ctx *fasthttp.RequestCtx, r *routes.Route, bh *ba
 		bh.conn.Close()
 		bh.target.Release()
 	} else {
-		_ = bh.conn.SetDeadline(time.Now().Add(h.responseTimeout(r)))
+		_ = bh.conn.SetDeadline(time.Now().Add(responseTimeout(bh.target)))
 		ctx.Response.SetBodyStream(&refusalBody{body: resp.Body, conn: bh.conn, target: bh.target}, int(resp.ContentLength))
 	}
 	h.logRequest(ctx, r, resp.StatusCode, bh.target.Addr)
 }
 
-func (h *Handler) responseTimeout(r *routes.Route) time.Duration {
-	if d := h.sets[r.Upstream].Config().ResponseTimeout; d > 0 {
+func responseTimeout(t *upstream.Target) time.Duration {
+	if d := t.Set().Config().ResponseTimeout; d > 0 {
 		return d
 	}
 	return 60 * time.Second
@@ -424,7 +424,7 @@ func (b *refusalBody) Close() error {
 // upgradeClient answers the client's handshake with a 101 carrying the
 // backend's choices (subprotocol, extensions, cookies and other end-to-end
 // headers) and hands the connection to a relay session.
-func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *backendHandshake) *session {
+func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, bh *backendHandshake) *session {
 	_ = bh.conn.SetDeadline(time.Time{})
 	ext := bh.resp.Header.Get("Sec-WebSocket-Extensions")
 	for name, vs := range bh.resp.Header {
@@ -450,14 +450,14 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, r *routes.Route, bh *b
 		deflate:    ext != "",
 		maxMessage: r.WebSocket.MaxMessageSize,
 		idle:       r.WebSocket.IdleTimeout,
-		write:      h.write,
+		write:      sn.write,
 		backend:    newLeg(bh.conn, takeBuffered(bh.br), true),
 	}
 	// fasthttp runs the hijack handler after writing the 101; it may skip
 	// it (the write failed, the connection is closing). Then nobody owns
 	// the backend connection, so a timer reclaims it.
 	claimed := make(chan struct{})
-	abandon := time.AfterFunc(h.closeWait+h.responseTimeout(r), func() {
+	abandon := time.AfterFunc(h.closeWait+responseTimeout(bh.target), func() {
 		select {
 		case <-claimed:
 		default:
