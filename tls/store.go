@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wsgate/wsgate/internal/filewatch"
 )
 
 // Pair names one certificate chain file and its key file (PEM).
@@ -37,8 +39,8 @@ type Store struct {
 
 	idx atomic.Pointer[index] // current certificates; never nil after Load
 
-	mu    sync.Mutex // serialises loads, so the newest read always lands last
-	stats []fileStat // guarded by mu; files as of the last load attempt
+	mu    sync.Mutex       // serialises loads, so the newest read always lands last
+	stats []filewatch.Stat // guarded by mu; files as of the last load attempt
 }
 
 // Load reads and parses every pair in o.Pairs. Errors name the files, one
@@ -118,7 +120,7 @@ func (s *Store) getCertificate(hello *stdtls.ClientHelloInfo) (*stdtls.Certifica
 func (s *Store) loadLocked() (*index, error) {
 	// Stat before reading: a change that lands between the two then shows
 	// up as a difference on the next check instead of being missed.
-	s.stats = statPairs(s.pairs, s.stats[:0])
+	s.stats = filewatch.StatFiles(s.files(), s.stats[:0])
 	certs := make([]*stdtls.Certificate, 0, len(s.pairs))
 	var errs []error
 	for _, p := range s.pairs {

@@ -176,17 +176,6 @@ func TestWatchFallback(t *testing.T) {
 	waitForCN(t, addr, "a.example.com", "v2") // within a few 2s polls
 }
 
-func TestPoll(t *testing.T) {
-	dir := t.TempDir()
-	p := writePair(t, dir, "cert", "v1", "a.example.com")
-	s, _ := mustLoad(t, Options{Pairs: []Pair{p}})
-	addr := startServer(t, s.Config())
-	startWatch(t, func(ctx context.Context) { s.poll(ctx, 10*time.Millisecond) })
-
-	replacePair(t, p, "v2", "a.example.com")
-	waitForCN(t, addr, "a.example.com", "v2")
-}
-
 func TestReloadIfChanged(t *testing.T) {
 	dir := t.TempDir()
 	p := writePair(t, dir, "cert", "v1", "a.example.com")

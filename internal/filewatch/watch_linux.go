@@ -1,6 +1,6 @@
 //go:build linux
 
-package tls
+package filewatch
 
 import (
 	"encoding/binary"
