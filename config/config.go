@@ -27,6 +27,7 @@ var (
 		Write:         60 * time.Second,
 		Idle:          60 * time.Second,
 		Drain:         30 * time.Second,
+		ReloadDrain:   30 * time.Second,
 		ShutdownDelay: 0,
 	}
 )
@@ -61,6 +62,10 @@ const (
 	defaultRespondStatus    = 200
 	defaultRedirectStatus   = 302
 	defaultMinVersion       = "1.2"
+	defaultOnChange         = "drain"
+	defaultOnChangeCode     = 1012
+	defaultOnChangeReason   = "service restart"
+	maxCloseReason          = 123 // RFC 6455 §5.5: a control frame's payload is at most 125 bytes
 )
 
 // Config is a loaded configuration: the YAML keys with every default filled
@@ -187,6 +192,12 @@ type Upstream struct {
 	// Resolvers are DNS servers (host or host:port, port default 53) used
 	// for discovery instead of the system's. Default none: the system's.
 	Resolvers []string `yaml:"resolvers"`
+	// OnTargetRemoved is what a reload does to the open WebSocket
+	// sessions of a target that is no longer in the upstream: drain
+	// (close each with the route's on_change_code at a random moment
+	// within timeouts.reload_drain), keep (leave it on its old target
+	// until it ends) or close (at once). Default drain.
+	OnTargetRemoved string `yaml:"on_target_removed"`
 }
 
 // Target is one backend server: in YAML a URL string, or a mapping
@@ -381,6 +392,20 @@ type WebSocket struct {
 	// HandshakeTimeout bounds dialling the backend and its 101 answer.
 	// Default 10s.
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// OnChange is what a reload does to the route's open sessions when
+	// the route was removed or changed in what governs a live session
+	// (max_message_size, idle_timeout, origins, enabled, the upstream
+	// name): drain (close each at a random moment within
+	// timeouts.reload_drain), keep (leave it running with its old
+	// settings until it ends) or close (at once). Default drain.
+	OnChange string `yaml:"on_change"`
+	// OnChangeCode is the close code a client gets when a reload ends its
+	// session: 1000, 1001, 1008, 1011 to 1013, or 3000 to 4999. Default
+	// 1012 (service restart).
+	OnChangeCode int `yaml:"on_change_code"`
+	// OnChangeReason is the close reason sent with OnChangeCode, at most
+	// 123 bytes. Default "service restart".
+	OnChangeReason *string `yaml:"on_change_reason"`
 }
 
 // Respond answers every matching request with a fixed status and body.
@@ -431,8 +456,12 @@ type Timeouts struct {
 	// request. Default 60s.
 	Idle time.Duration `yaml:"idle"`
 	// Drain is the budget for a graceful shutdown: finish requests and
-	// close WebSocket sessions with 1001. Default 30s.
+	// close WebSocket sessions with 1001, spread with jitter over the
+	// window so that clients do not reconnect in one herd. Default 30s.
 	Drain time.Duration `yaml:"drain"`
+	// ReloadDrain is the window over which a reload spreads the closes of
+	// the sessions it ends with on_change: drain. Default 30s.
+	ReloadDrain time.Duration `yaml:"reload_drain"`
 	// ShutdownDelay is the wait after a shutdown signal before draining
 	// starts, while the listeners still accept (for sidecars and load
 	// balancers to notice). Default 0.

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
@@ -80,6 +82,7 @@ func (v *validator) timeouts(t *Timeouts) {
 	v.duration("timeouts.write", &t.Write, defaultTimeouts.Write)
 	v.duration("timeouts.idle", &t.Idle, defaultTimeouts.Idle)
 	v.duration("timeouts.drain", &t.Drain, defaultTimeouts.Drain)
+	v.duration("timeouts.reload_drain", &t.ReloadDrain, defaultTimeouts.ReloadDrain)
 	v.duration("timeouts.shutdown_delay", &t.ShutdownDelay, defaultTimeouts.ShutdownDelay)
 }
 
@@ -265,7 +268,7 @@ func (v *validator) upstream(path, name string, u *Upstream) *upstream.Config {
 		v.atf(path+".tls", "set, but no target uses https")
 	}
 	if https {
-		uc.TLS = v.upstreamTLS(path+".tls", u.TLS)
+		uc.TLS = v.upstreamTLS(path+".tls", u.TLS, &uc.TLSSource)
 	}
 	v.duration(path+".connect_timeout", &u.ConnectTimeout, defaultConnectTimeout)
 	v.duration(path+".response_timeout", &u.ResponseTimeout, defaultResponseTimeout)
@@ -312,6 +315,13 @@ func (v *validator) upstream(path, name string, u *Upstream) *upstream.Config {
 	}
 	uc.RetryBodyLimit = int64(u.RetryBodyLimit)
 	v.discovery(path, u, uc)
+	if u.OnTargetRemoved == "" {
+		u.OnTargetRemoved = defaultOnChange
+	}
+	if _, ok := routes.ParseChangeAction(u.OnTargetRemoved); !ok {
+		v.atf(path+".on_target_removed", "unknown action %q (want drain, keep or close)", u.OnTargetRemoved)
+	}
+	uc.OnTargetRemoved = u.OnTargetRemoved
 	return uc
 }
 
@@ -629,16 +639,18 @@ func parseTarget(s string) (upstream.TargetConfig, error) {
 
 // upstreamTLS compiles the client TLS settings of an upstream with https
 // targets; t may be nil.
-func (v *validator) upstreamTLS(path string, t *UpstreamTLS) *tls.Config {
+func (v *validator) upstreamTLS(path string, t *UpstreamTLS, source *string) *tls.Config {
 	c := &tls.Config{MinVersion: tls.VersionTLS12}
 	if t == nil {
 		return c
 	}
 	c.ServerName = t.ServerName
 	c.InsecureSkipVerify = t.InsecureSkipVerify
+	*source = fmt.Sprintf("server_name=%q insecure=%t", t.ServerName, t.InsecureSkipVerify)
 	if t.CA != "" {
 		ca := t.CA
 		if pem, ok := v.readFile(path+".ca", "CA file", &t.CA); ok {
+			*source += fmt.Sprintf(" ca=%x", sha256.Sum256(pem))
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
 				v.atf(path+".ca", "CA file %q holds no PEM certificate", ca)
@@ -660,17 +672,28 @@ type routeKey struct {
 func (v *validator) routes(cfg *Config, ups map[string]*routes.Upstream) []*routes.Route {
 	out := make([]*routes.Route, 0, len(cfg.Routes))
 	seen := map[routeKey][]int{} // → indexes of earlier routes
+	names := map[string]int{}    // → index of the route that has it
 	for i := range cfg.Routes {
 		r := &cfg.Routes[i]
 		path := fmt.Sprintf("routes[%d]", i)
-		if r.Name == "" {
-			r.Name = path
-		}
 		v.match(path+".match", &r.Match)
 		v.duplicates(i, cfg.Routes, seen)
+		id := "match:" + matchID(&r.Match)
+		if r.Name != "" {
+			// A reload finds a route's sessions by name: it must be
+			// unique.
+			if j, dup := names[r.Name]; dup {
+				v.atf(path+".name", "duplicate route name %q (first at routes[%d])", r.Name, j)
+			}
+			names[r.Name] = i
+			id = "name:" + r.Name
+		} else {
+			r.Name = path
+		}
 
 		rr := &routes.Route{
 			Name:            r.Name,
+			ID:              id,
 			Hosts:           r.Match.Host,
 			Path:            r.Match.Path,
 			PathPrefix:      r.Match.PathPrefix,
@@ -909,13 +932,54 @@ func (v *validator) websocket(path string, w *WebSocket) routes.WebSocket {
 	}
 	v.duration(path+".idle_timeout", &w.IdleTimeout, defaultIdleTimeout)
 	v.duration(path+".handshake_timeout", &w.HandshakeTimeout, defaultHandshakeTimeout)
+	if w.OnChange == "" {
+		w.OnChange = defaultOnChange
+	}
+	action, ok := routes.ParseChangeAction(w.OnChange)
+	if !ok {
+		v.atf(path+".on_change", "unknown action %q (want drain, keep or close)", w.OnChange)
+	}
+	if w.OnChangeCode == 0 {
+		w.OnChangeCode = defaultOnChangeCode
+	}
+	if !sendableCloseCode(w.OnChangeCode) {
+		v.atf(path+".on_change_code", "close code %d cannot be sent (want 1000, 1001, 1008, 1011 to 1013, or 3000 to 4999)", w.OnChangeCode)
+	}
+	if w.OnChangeReason == nil {
+		reason := defaultOnChangeReason
+		w.OnChangeReason = &reason
+	}
+	if n := len(*w.OnChangeReason); n > maxCloseReason {
+		v.atf(path+".on_change_reason", "%d bytes is over the limit of %d (a close frame carries at most 125)", n, maxCloseReason)
+	} else if !utf8.ValidString(*w.OnChangeReason) {
+		v.atf(path+".on_change_reason", "not valid UTF-8")
+	}
 	return routes.WebSocket{
 		Enabled:          *w.Enabled,
 		Origins:          w.Origins,
 		MaxMessageSize:   int64(w.MaxMessageSize),
 		IdleTimeout:      w.IdleTimeout,
 		HandshakeTimeout: w.HandshakeTimeout,
+		OnChange:         action,
+		CloseCode:        uint16(w.OnChangeCode),
+		CloseReason:      *w.OnChangeReason,
 	}
+}
+
+// sendableCloseCode reports whether a proxy may send code in a close
+// frame of its own (RFC 6455 §7.4): the defined codes that describe a
+// server's reasons, and the registered and private ranges.
+func sendableCloseCode(code int) bool {
+	switch {
+	case code == 1000, code == 1001, code == 1008, code >= 1011 && code <= 1013:
+		return true
+	}
+	return code >= 3000 && code <= 4999
+}
+
+// matchID identifies an unnamed route across reloads by what it matches.
+func matchID(m *Match) string {
+	return fmt.Sprintf("host=%q path=%q prefix=%q methods=%q", []string(m.Host), m.Path, trimSlash(m.PathPrefix), m.Methods)
 }
 
 // isOrigin reports whether o is a serialised origin: scheme://host[:port].

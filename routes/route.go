@@ -7,6 +7,10 @@ import "time"
 type Route struct {
 	// Name identifies the route in logs: the YAML "name" or "routes[N]".
 	Name string
+	// ID identifies the route across reloads: "name:" and its YAML name,
+	// or for an unnamed route "match:" and its match (hosts, path,
+	// prefix, methods). Unique within a table.
+	ID string
 	// Index is the position of the route in the file (0-based); ties in
 	// matching go to the lower index.
 	Index int
@@ -74,6 +78,53 @@ type WebSocket struct {
 	IdleTimeout time.Duration
 	// HandshakeTimeout bounds dialling the backend and its 101 answer.
 	HandshakeTimeout time.Duration
+	// OnChange is what a reload does to the route's open sessions when
+	// the route changed or went away.
+	OnChange ChangeAction
+	// CloseCode and CloseReason are sent to the client of a session a
+	// reload ends (drain or close): 1012 "service restart" by default.
+	CloseCode   uint16
+	CloseReason string
+}
+
+// ChangeAction is what a reload does to an open WebSocket session whose
+// route changed or went away, or whose target left its upstream.
+type ChangeAction uint8
+
+const (
+	// Drain closes the session at a random moment within the reload
+	// drain window, so that clients do not reconnect in one herd.
+	Drain ChangeAction = iota
+	// Keep leaves the session running, with its old settings and target,
+	// until it ends by itself.
+	Keep
+	// Close closes the session at once.
+	Close
+)
+
+// ParseChangeAction returns the action named s: "drain", "keep" or
+// "close".
+func ParseChangeAction(s string) (ChangeAction, bool) {
+	switch s {
+	case "drain":
+		return Drain, true
+	case "keep":
+		return Keep, true
+	case "close":
+		return Close, true
+	}
+	return Drain, false
+}
+
+// String returns the action's YAML name.
+func (a ChangeAction) String() string {
+	switch a {
+	case Keep:
+		return "keep"
+	case Close:
+		return "close"
+	}
+	return "drain"
 }
 
 // Upstream names the upstream a route forwards to. Routes naming the

@@ -61,6 +61,15 @@ type Config struct {
 	// Resolvers are DNS servers (host:port) used instead of the system's
 	// for discovery; empty means the system resolver.
 	Resolvers []string
+
+	// OnTargetRemoved is what a reload does to the open WebSocket
+	// sessions of a target that left the upstream: "drain", "keep" or
+	// "close" (the proxy package acts on it).
+	OnTargetRemoved string
+	// TLSSource identifies what TLS was built from (CA file contents,
+	// server name, verification), so that a reload can tell whether a
+	// target's pooled connections may be kept.
+	TLSSource string
 }
 
 // TargetConfig is one backend server as written in the config.

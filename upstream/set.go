@@ -16,7 +16,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Previous is the set of the same upstream in the config being
 	// replaced, if any: targets with the same URL keep its counts,
-	// health and ejections.
+	// health and ejections, and what was attached to them (pooled
+	// connections) when the settings connections depend on are the
+	// same (timeouts, max_connections, TLS).
 	Previous *Set
 	// Resolver resolves host names for discovery; nil means the system
 	// resolver, or Config.Resolvers when set.
@@ -117,6 +119,20 @@ func New(cfg *Config, o Options) *Set {
 		}
 		all = append(all, s.newTarget(tc, tc.Addr()))
 	}
+	if p := o.Previous; p != nil && sameConnections(p.cfg, cfg) {
+		// Discovered targets are new objects at each lookup: they
+		// attach afresh (the pools of the previous set's discovered
+		// targets close when idle).
+		old := map[string]*Target{}
+		for _, t := range p.tab.Load().all {
+			old[t.URL] = t
+		}
+		for _, t := range all {
+			if o := old[t.URL]; o != nil && o.Host == t.Host {
+				t.ext.Store(o.ext.Load())
+			}
+		}
+	}
 	s.names = mergeNames(s.names)
 	s.mu.Lock()
 	s.setTargets(all)
@@ -127,6 +143,13 @@ func New(cfg *Config, o Options) *Set {
 	}
 	s.mu.Unlock()
 	return s
+}
+
+// sameConnections reports whether connections made for a target of a
+// may serve the same target of b.
+func sameConnections(a, b *Config) bool {
+	return a.ConnectTimeout == b.ConnectTimeout && a.ResponseTimeout == b.ResponseTimeout &&
+		a.MaxConnections == b.MaxConnections && (a.TLS == nil) == (b.TLS == nil) && a.TLSSource == b.TLSSource
 }
 
 // newTarget returns the target for tc reached at addr, with the state
