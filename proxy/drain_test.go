@@ -155,7 +155,7 @@ func TestDrain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()
-	if err := p.h.Drain(ctx); err != nil {
+	if err := drainErr(p.h, ctx); err != nil {
 		t.Errorf("Drain = %v, want nil", err)
 	}
 	t.Logf("Drain of %d sessions took %v", n, time.Since(start))
@@ -195,7 +195,7 @@ func TestDrainForced(t *testing.T) {
 	defer cancel()
 	drained := make(chan error, 1)
 	start := time.Now()
-	go func() { drained <- p.h.Drain(ctx) }()
+	go func() { drained <- drainErr(p.h, ctx) }()
 	waitFor(t, "Drain to start", 5*time.Second, func() bool { return isDraining(p.h) })
 	if status := upgradeStatus(t, p.addr); status != http.StatusServiceUnavailable {
 		t.Errorf("upgrade during Drain: status %d, want 503", status)
@@ -307,7 +307,7 @@ func TestDrainWaitsForFrameInFlight(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	drained := make(chan error, 1)
-	go func() { drained <- p.h.Drain(ctx) }()
+	go func() { drained <- drainErr(p.h, ctx) }()
 	// closeBoth starts the closing, then waits for the frame to finish.
 	waitFor(t, "Drain to reach the session", 5*time.Second, func() bool { return s.closeBy.Load() != 0 })
 	close(rest)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync"
@@ -60,7 +61,17 @@ type Handler struct {
 	sessions  map[*session]struct{} // guarded by mu
 	upgrading int                   // guarded by mu: handshakes in progress
 	draining  bool                  // guarded by mu
+	drained   int                   // guarded by mu: sessions the drain closes, counted as they come
 	changed   chan struct{}         // guarded by mu: closed when the two above shrink
+
+	// stopSchedules is closed when the shutdown drain starts: reloads'
+	// close schedules stop. Guarded by mu.
+	stopSchedules chan struct{}
+	// hurry is closed by Hurry: the drain sends every close left now.
+	hurry     chan struct{}
+	hurryOnce sync.Once
+	// schedules are the goroutines of close schedules (see schedule).
+	schedules sync.WaitGroup
 
 	// handOffs counts WebSocket legs the poller gave back to a pump
 	// goroutine (see poller.handOff): low while the poller relays.
@@ -77,6 +88,7 @@ type snapshot struct {
 	sets    map[*routes.Upstream]*upstream.Set
 	byName  map[string]*upstream.Set
 	statics map[*routes.Route]fasthttp.RequestHandler
+	byID    map[string]*routes.Route // routes by ID, for Reload
 }
 
 // newSnapshot compiles the swappable part of o. It panics when a route
@@ -90,6 +102,7 @@ func newSnapshot(o *Options) *snapshot {
 		sets:    map[*routes.Upstream]*upstream.Set{},
 		byName:  make(map[string]*upstream.Set, len(o.Upstreams)),
 		statics: map[*routes.Route]fasthttp.RequestHandler{},
+		byID:    map[string]*routes.Route{},
 	}
 	if sn.write <= 0 {
 		sn.write = 60 * time.Second
@@ -101,6 +114,7 @@ func newSnapshot(o *Options) *snapshot {
 		sn.byName[s.Name()] = s
 	}
 	for _, r := range sn.table.Routes() {
+		sn.byID[r.ID] = r
 		if r.Upstream != nil && sn.sets[r.Upstream] == nil {
 			s := sn.byName[r.Upstream.Name]
 			if s == nil {
@@ -123,6 +137,9 @@ func New(o Options) *Handler {
 		closeWait: o.closeWait,
 		sessions:  map[*session]struct{}{},
 		changed:   make(chan struct{}),
+
+		stopSchedules: make(chan struct{}),
+		hurry:         make(chan struct{}),
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -360,6 +377,7 @@ func (h *Handler) endUpgrade(s *session) {
 	if s != nil {
 		h.sessions[s] = struct{}{}
 		if h.draining {
+			h.drained++
 			s.goAway() // not started yet: run sends the 1001
 		}
 	}
@@ -391,42 +409,72 @@ func (h *Handler) signalLocked() {
 }
 
 // Drain refuses new WebSocket upgrades, sends close 1001 "going away" to
-// both legs of every session and waits until all sessions have ended or ctx
-// is done. Then it cuts what is left and returns ctx.Err(), so a forced
-// drain is visible to the caller. fasthttp's Shutdown ignores hijacked
-// connections, which is why this exists; run both side by side.
-func (h *Handler) Drain(ctx context.Context) error {
+// both legs of every session, each at a random moment within spread (0:
+// all at once) so that clients do not reconnect in one herd, and waits
+// until all sessions have ended or ctx is done. Then it cuts what is left
+// and returns ctx.Err(), so a forced drain is visible to the caller.
+// Reloads' close schedules stop: this closes every session. fasthttp's
+// Shutdown ignores hijacked connections, which is why this exists; run
+// both side by side.
+func (h *Handler) Drain(ctx context.Context, spread time.Duration) (DrainResult, error) {
 	h.mu.Lock()
-	h.draining = true
-	list := make([]*session, 0, len(h.sessions))
+	if !h.draining {
+		h.draining = true
+		close(h.stopSchedules)
+	}
+	h.drained = len(h.sessions)
+	now := time.Now()
+	due := make([]scheduledClose, 0, len(h.sessions))
 	for s := range h.sessions {
-		list = append(list, s)
+		at := now
+		if spread > 0 {
+			at = now.Add(time.Duration(rand.Int64N(int64(spread))))
+		}
+		due = append(due, scheduledClose{s: s, at: at, code: closeGoingAway, reason: "going away"})
 	}
 	h.mu.Unlock()
 
-	var wg sync.WaitGroup
-	for _, s := range list {
-		// Each goAway may wait for a frame in flight to finish: in
-		// parallel, so one slow client cannot hold up the rest.
-		wg.Go(s.goAway)
-	}
-	defer wg.Wait()
+	stop := make(chan struct{})
+	h.schedule(due, stop, h.hurry)
+	defer func() {
+		close(stop)
+		h.schedules.Wait()
+	}()
 	for {
 		h.mu.Lock()
 		n := len(h.sessions) + h.upgrading
 		ch := h.changed
 		h.mu.Unlock()
 		if n == 0 {
-			return nil
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return DrainResult{Closed: h.drained}, nil
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			h.mu.Lock()
+			cut := len(h.sessions)
+			total := h.drained
+			h.mu.Unlock()
 			h.forceClose()
-			return ctx.Err()
+			return DrainResult{Closed: total - cut, Cut: cut}, ctx.Err()
 		}
 	}
 }
+
+// DrainResult counts how the sessions of a drain ended.
+type DrainResult struct {
+	// Closed sessions ended within the budget, after their close.
+	Closed int
+	// Cut sessions were still open at the end of the budget: their
+	// connections were closed without a close handshake.
+	Cut int
+}
+
+// Hurry makes a drain in progress (or one that starts later) send every
+// close it has left at once: a second shutdown signal.
+func (h *Handler) Hurry() { h.hurryOnce.Do(func() { close(h.hurry) }) }
 
 // forceClose cuts every session's connections and waits for the sessions
 // to end (they do at once: their pumps fail on the closed connections).

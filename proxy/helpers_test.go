@@ -299,7 +299,7 @@ func startProxyWith(t testing.TB, s proxySetup, rs ...*routes.Route) *testProxy 
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.ShutdownWithContext(ctx)
-		h.Drain(ctx)
+		_, _ = h.Drain(ctx, 0)
 		<-done
 		for _, set := range sets {
 			set.Close()
@@ -419,4 +419,10 @@ func closedOrReset(t testing.TB, c net.Conn) bool {
 	var b [1]byte
 	n, err := c.Read(b[:])
 	return n == 0 && (err == io.EOF || errors.Is(err, syscall.ECONNRESET))
+}
+
+// drainErr drains h with every close at once and returns Drain's error.
+func drainErr(h *Handler, ctx context.Context) error {
+	_, err := h.Drain(ctx, 0)
+	return err
 }

@@ -67,7 +67,7 @@ func TestParkedSessionsRelay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	drained := make(chan error, 1)
-	go func() { drained <- p.h.Drain(ctx) }()
+	go func() { drained <- drainErr(p.h, ctx) }()
 	for _, c := range conns {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		_, _, err := c.ReadMessage()
@@ -135,7 +135,7 @@ func TestParkedSessionForcedDrain(t *testing.T) {
 	waitFor(t, "legs parked", 5*time.Second, func() bool { return parkedLegs(p.h) == 2 })
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	if err := p.h.Drain(ctx); !errors.Is(err, context.DeadlineExceeded) {
+	if err := drainErr(p.h, ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Drain = %v, want deadline exceeded (the client never answers)", err)
 	}
 	waitFor(t, "session removed", 5*time.Second, func() bool { return p.h.Sessions() == 0 })

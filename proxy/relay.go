@@ -112,10 +112,16 @@ type session struct {
 	// connsClosed is set once closeConns runs (before it unparks legs).
 	connsClosed atomic.Bool
 	// removed is set by the one removeSession call that counts.
-	removed   atomic.Bool
-	endMu     sync.Mutex
-	started   bool        // guarded by endMu: client is set and the pumps run
-	goingAway bool        // guarded by endMu: Drain asked for 1001 before the start
+	removed atomic.Bool
+	endMu   sync.Mutex
+	started bool // guarded by endMu: client is set and the pumps run
+	// awayCode and awayReason: a close asked for before the start (Drain's
+	// 1001, a reload's code), which run sends; guarded by endMu.
+	awayCode   uint16
+	awayReason string
+	// scheduled is set once a reload or a drain has decided to close the
+	// session, so that a later reload does not decide again.
+	scheduled atomic.Bool
 	pumpsRun  int         // guarded by endMu
 	force     *time.Timer // guarded by endMu
 	ended     bool        // guarded by endMu: conns are closed
@@ -155,7 +161,7 @@ func (s *session) run(client net.Conn, early []byte) {
 	s.client = cl
 	s.started = true
 	s.pumpsRun = 2
-	away, ended := s.goingAway, s.ended
+	awayCode, awayReason, ended := s.awayCode, s.awayReason, s.ended
 	s.endMu.Unlock()
 	if ended {
 		// Drain cut the session before fasthttp handed over the client
@@ -165,8 +171,8 @@ func (s *session) run(client net.Conn, early []byte) {
 		s.h.removeSession(s)
 		return
 	}
-	if away {
-		s.goAway()
+	if awayCode != 0 {
+		s.closeClient(awayCode, awayReason)
 	}
 	// A leg that can wait in the poller starts there: a new session costs
 	// no goroutine until a peer sends something (the poller resumes at
@@ -307,15 +313,22 @@ func (s *session) startClosing() {
 }
 
 // goAway sends 1001 "going away" to both legs; used by Drain.
-func (s *session) goAway() {
+func (s *session) goAway() { s.closeClient(closeGoingAway, "going away") }
+
+// closeClient sends code and reason to the client and 1001 "going away"
+// to the backend: a session wsgate itself ends (shutdown, reload). Before
+// the session starts, run sends it; the first such close wins.
+func (s *session) closeClient(code uint16, reason string) {
 	s.endMu.Lock()
 	if !s.started {
-		s.goingAway = true // run sends it
+		if s.awayCode == 0 {
+			s.awayCode, s.awayReason = code, reason
+		}
 		s.endMu.Unlock()
 		return
 	}
 	s.endMu.Unlock()
-	s.closeBoth(closeGoingAway, "going away", closeGoingAway, "going away")
+	s.closeBoth(code, reason, closeGoingAway, "going away")
 }
 
 // pumpState is what a pump knows about the message in progress on its
