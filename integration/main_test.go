@@ -301,6 +301,9 @@ func (g *gw) cleanup() {
 	case <-g.exited:
 	default:
 		_ = g.cmd.Process.Signal(syscall.SIGTERM)
+		// A second SIGTERM once the first is seen: every session gets
+		// its 1001 at once instead of spread over timeouts.drain.
+		g.hurry()
 		code := g.wait(stopTimeout)
 		if !g.stopped && code != 0 {
 			t.Errorf("wsgate exited with code %d after SIGTERM, want 0", code)
@@ -311,6 +314,30 @@ func (g *gw) cleanup() {
 	}
 	if t.Failed() {
 		t.Logf("wsgate stderr:\n%s", g.logs.String())
+	}
+}
+
+// hurry sends a second SIGTERM once wsgate has logged that it shuts
+// down (two signals sent back to back may arrive as one), so that the
+// drain closes every session at once. It gives up when the process exits
+// or after stopTimeout.
+func (g *gw) hurry() {
+	deadline := time.After(stopTimeout)
+	for {
+		entries, changed := g.logs.snapshot()
+		for _, e := range entries {
+			if e["msg"] == "shutting down" {
+				_ = g.cmd.Process.Signal(syscall.SIGTERM)
+				return
+			}
+		}
+		select {
+		case <-changed:
+		case <-g.exited:
+			return
+		case <-deadline:
+			return
+		}
 	}
 }
 

@@ -11,8 +11,9 @@ import (
 )
 
 // TestShutdownDrainsSessions: on SIGTERM every open WebSocket gets a close
-// frame 1001 "going away" (never an abnormal closure), the backends get
-// 1001 too, and the process exits 0.
+// frame 1001 "going away" (never an abnormal closure), at moments spread
+// over the drain window rather than all at once, the backends get 1001
+// too, and the process exits 0.
 func TestShutdownDrainsSessions(t *testing.T) {
 	needBinary(t)
 	backend := newWSBackend()
@@ -24,22 +25,29 @@ upstreams:
 routes:
   - match: {path_prefix: /}
     upstream: ws
+timeouts: {drain: 5s}
 `, addr))
 
-	const sessions = 10
+	// drain 5s: the closes are spread over its first 2.5s, the rest is
+	// left for the close handshakes.
+	const (
+		sessions = 100
+		spread   = 2500 * time.Millisecond
+	)
 	clients := make([]*websocket.Conn, sessions)
 	for i := range clients {
 		clients[i] = dialWS(t, nil, fmt.Sprintf("ws://%s/drain/%d", g.Addr, i), nil)
 		echoOnce(t, clients[i], websocket.TextMessage, fmt.Appendf(nil, "session %d", i))
 	}
 
-	g.signal(syscall.SIGTERM)
-
 	// Read all clients at once: each must see the close frame, whatever
 	// order the drain reaches them in.
 	var wg sync.WaitGroup
 	codes := make([]*websocket.CloseError, sessions)
 	errs := make([]error, sessions)
+	at := make([]time.Duration, sessions)
+	sent := time.Now()
+	g.signal(syscall.SIGTERM)
 	for i, c := range clients {
 		wg.Go(func() {
 			_ = c.SetReadDeadline(time.Now().Add(ioTimeout))
@@ -48,6 +56,7 @@ routes:
 				if err == nil {
 					continue
 				}
+				at[i] = time.Since(sent)
 				if ce, ok := err.(*websocket.CloseError); ok {
 					codes[i] = ce // the default close handler has replied
 				} else {
@@ -58,6 +67,21 @@ routes:
 		})
 	}
 	wg.Wait()
+	// Spread, not a herd: with uniform moments over 2.5s, the chance that
+	// 100 of them all fall in the first 10%, or fewer than 20 after the
+	// middle, is below 1e-9.
+	early, late := 0, 0
+	for _, d := range at {
+		if d < spread/10 {
+			early++
+		}
+		if d > spread/2 {
+			late++
+		}
+	}
+	if early == sessions || late < 20 {
+		t.Errorf("close moments not spread over the %v window: %d of %d in its first 10%%, %d after its middle (moments %v)", spread, early, sessions, late, at)
+	}
 	for i := range clients {
 		switch {
 		case errs[i] != nil:
@@ -78,6 +102,15 @@ routes:
 	if n := g.countLogs("drain budget exceeded; remaining connections were cut"); n != 0 {
 		t.Errorf("drain was forced")
 	}
+	g.waitLog(ioTimeout, "drained", func(e map[string]any) bool {
+		if e["msg"] != "drained" {
+			return false
+		}
+		if e["sessions_closed"] != float64(sessions) || e["sessions_cut"] != float64(0) {
+			t.Errorf("drained log: %v sessions closed, %v cut, want %d and 0", e["sessions_closed"], e["sessions_cut"], sessions)
+		}
+		return true
+	})
 }
 
 // TestShutdownForcedDrain: a client that never answers the close frame
