@@ -98,6 +98,25 @@ func (s *Store) Reload() error {
 	return s.reloadLocked()
 }
 
+// Prepare re-reads every pair, like Reload, but does not use them yet:
+// it returns a commit that swaps them in and logs "certificates
+// reloaded". On error nothing changes. A config reload prepares every
+// store before it applies anything.
+func (s *Store) Prepare() (commit func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx, err := s.loadLocked()
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.idx.Store(idx)
+		s.logLoaded("certificates reloaded", idx)
+	}, nil
+}
+
 // reloadLocked is Reload with s.mu held.
 func (s *Store) reloadLocked() error {
 	idx, err := s.loadLocked()

@@ -177,6 +177,9 @@ func (a Stat) Same(b Stat) bool {
 	return os.SameFile(a.fi, b.fi) && a.fi.Size() == b.fi.Size() && a.fi.ModTime().Equal(b.fi.ModTime())
 }
 
+// IsDir reports whether the stat found a directory.
+func (a Stat) IsDir() bool { return a.fi != nil && a.fi.IsDir() }
+
 // StatFiles appends the stats of names to dst.
 func StatFiles(names []string, dst []Stat) []Stat {
 	for _, n := range names {
