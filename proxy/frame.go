@@ -19,13 +19,14 @@ const (
 
 // Close codes wsgate sends itself (RFC 6455 §7.4.1).
 const (
-	closeNormal        = 1000
-	closeGoingAway     = 1001
-	closeProtocolError = 1002
-	closeNoStatus      = 1005 // received only: a close frame with no payload
-	closeInvalidData   = 1007
-	closeTooBig        = 1009
-	closeInternalError = 1011
+	closeNormal         = 1000
+	closeGoingAway      = 1001
+	closeProtocolError  = 1002
+	closeNoStatus       = 1005 // received only: a close frame with no payload
+	closeInvalidData    = 1007
+	closeTooBig         = 1009
+	closeInternalError  = 1011
+	closeServiceRestart = 1012
 )
 
 const (

@@ -67,6 +67,8 @@ type Handler struct {
 	// stopSchedules is closed when the shutdown drain starts: reloads'
 	// close schedules stop. Guarded by mu.
 	stopSchedules chan struct{}
+	// reloadDrain is the drain window of the last Reload. Guarded by mu.
+	reloadDrain time.Duration
 	// hurry is closed by Hurry: the drain sends every close left now.
 	hurry     chan struct{}
 	hurryOnce sync.Once
@@ -372,16 +374,20 @@ func (h *Handler) beginUpgrade() bool {
 // endUpgrade ends a handshake; s is the session it produced, or nil.
 func (h *Handler) endUpgrade(s *session) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	h.upgrading--
+	draining := h.draining
 	if s != nil {
 		h.sessions[s] = struct{}{}
-		if h.draining {
+		if draining {
 			h.drained++
 			s.goAway() // not started yet: run sends the 1001
 		}
 	}
 	h.signalLocked()
+	h.mu.Unlock()
+	if s != nil && !draining {
+		h.recheck(s)
+	}
 }
 
 // removeSession ends s's registration and its hold on its target. A

@@ -49,6 +49,8 @@ func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 		h.mu.Unlock()
 		return ReloadResult{}
 	}
+	h.reloadDrain = drain
+	stop := h.stopSchedules
 	list := make([]*session, 0, len(h.sessions))
 	for s := range h.sessions {
 		list = append(list, s)
@@ -56,9 +58,18 @@ func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 	h.mu.Unlock()
 
 	var res ReloadResult
+	due := h.decide(sn, list, drain, time.Now(), &res)
+	if len(due) > 0 {
+		h.schedule(due, stop, nil)
+	}
+	return res
+}
+
+// decide returns the closes a reload to sn schedules for the sessions of
+// list, and counts every decision in res.
+func (h *Handler) decide(sn *snapshot, list []*session, drain time.Duration, now time.Time, res *ReloadResult) []scheduledClose {
 	urls := map[*upstream.Set]map[string]bool{}
 	var due []scheduledClose
-	now := time.Now()
 	for _, s := range list {
 		if s.scheduled.Load() {
 			continue // an earlier reload already decided
@@ -68,30 +79,45 @@ func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 			res.Unchanged++
 			continue
 		}
+		at := now
 		switch action {
 		case routes.Keep:
 			res.Kept++
 			continue
 		case routes.Close:
 			res.Closed++
-			due = append(due, scheduledClose{s: s, at: now, code: r.WebSocket.CloseCode, reason: r.WebSocket.CloseReason})
 		default:
 			res.Draining++
-			at := now
 			if drain > 0 {
 				at = now.Add(time.Duration(rand.Int64N(int64(drain))))
 			}
-			due = append(due, scheduledClose{s: s, at: at, code: r.WebSocket.CloseCode, reason: r.WebSocket.CloseReason})
 		}
-		s.scheduled.Store(true)
+		code, reason := r.WebSocket.CloseCode, r.WebSocket.CloseReason
+		if code == 0 { // a route built without package config
+			code, reason = closeServiceRestart, "service restart"
+		}
+		if s.scheduled.CompareAndSwap(false, true) {
+			due = append(due, scheduledClose{s: s, at: at, code: code, reason: reason})
+		}
 	}
-	if len(due) > 0 {
-		h.mu.Lock()
-		stop := h.stopSchedules
-		h.mu.Unlock()
+	return due
+}
+
+// recheck decides the fate of a session whose handshake matched its
+// route in a config that a reload has replaced since: Reload did not see
+// it yet. A session of the current config needs nothing.
+func (h *Handler) recheck(s *session) {
+	sn := h.cur.Load()
+	if sn.byID[s.route.ID] == s.route {
+		return
+	}
+	h.mu.Lock()
+	drain, stop := h.reloadDrain, h.stopSchedules
+	h.mu.Unlock()
+	var res ReloadResult
+	if due := h.decide(sn, []*session{s}, drain, time.Now(), &res); len(due) > 0 {
 		h.schedule(due, stop, nil)
 	}
-	return res
 }
 
 // fate returns what a reload to sn does to s: whether s is affected, the

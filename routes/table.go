@@ -3,6 +3,7 @@ package routes
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -29,7 +30,8 @@ type group struct {
 }
 
 // New builds a table from routes in file order. It fails on a route with
-// neither Path nor PathPrefix, or with a malformed host or path.
+// neither Path nor PathPrefix, or with a malformed host or path. It sets
+// each route's Index, and its ID when empty ("index:" and the index).
 func New(rs []*Route) (*Table, error) {
 	t := &Table{
 		routes:   rs,
@@ -48,6 +50,11 @@ func New(rs []*Route) (*Table, error) {
 			return nil, fmt.Errorf("route %q: path_prefix %q must start with /", r.Name, r.PathPrefix)
 		}
 		r.Index = i
+		if r.ID == "" {
+			// A table built without package config (whose names need
+			// not be unique): the position stands in.
+			r.ID = "index:" + strconv.Itoa(i)
+		}
 		if len(r.Hosts) == 0 {
 			t.anyHost.add(r)
 			continue

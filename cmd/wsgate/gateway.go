@@ -304,6 +304,10 @@ func (g *gateway) watchFiles() []string {
 // reload loads the config file again and, when it is valid, applies it
 // whole; otherwise nothing changes. source names the trigger in the log.
 func (g *gateway) reload(source string) reloadOutcome {
+	// Stat before reading: a change while loading then shows up as a
+	// difference at the next check, and is loaded then.
+	files := g.watchFiles()
+	stats := filewatch.StatFiles(files, nil)
 	cfg, err := config.Load(g.path)
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -311,9 +315,11 @@ func (g *gateway) reload(source string) reloadOutcome {
 		return reloadOutcome{Err: errors.New("shutting down")}
 	}
 	if cfg != nil {
-		g.files = watchedFiles(g.path, cfg)
+		if now := watchedFiles(g.path, cfg); !slices.Equal(now, files) {
+			files, stats = now, filewatch.StatFiles(now, nil)
+		}
 	}
-	g.stats = filewatch.StatFiles(g.files, g.stats[:0])
+	g.files, g.stats = files, stats
 	if err != nil {
 		problems := configProblems(err)
 		for _, p := range problems {
