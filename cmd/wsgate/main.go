@@ -190,7 +190,7 @@ func (g *gateway) wait(sigs <-chan os.Signal) int {
 	}()
 	handedOver := make(chan struct{})
 	code := 0
-	delay := g.config().Timeouts.ShutdownDelay
+	handed := false
 wait:
 	for {
 		select {
@@ -205,7 +205,7 @@ wait:
 				break wait
 			}
 		case <-handedOver:
-			delay = 0 // the new process accepts already
+			handed = true
 			break wait
 		case err := <-g.failed:
 			g.log.Error("server failed", "error", err.Error())
@@ -238,6 +238,12 @@ wait:
 			}
 		}
 	}()
+	// The delay of the config running now (a reload may have changed
+	// it); none after a hand-over: the new process accepts already.
+	delay := g.config().Timeouts.ShutdownDelay
+	if handed {
+		delay = 0
+	}
 	if !g.shutdown(delay, hurry) && code == 0 {
 		code = 1
 	}
