@@ -44,6 +44,11 @@ type gateway struct {
 	lns      map[string]*listener     // by listenerKeys
 	retired  []*fasthttp.Server       // generations that stopped accepting; their connections may run on
 	stopping bool
+	// retiring runs the shutdowns of removed listeners' servers, until
+	// they end or retireCtx is done (the process shuts down).
+	retiring    sync.WaitGroup
+	retireCtx   context.Context
+	stopRetires context.CancelFunc
 	// handingOver is set while a new process started by handOver gets
 	// ready.
 	handingOver bool
@@ -74,6 +79,7 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 		failed: make(chan error, 1),
 		lns:    map[string]*listener{},
 	}
+	g.retireCtx, g.stopRetires = context.WithCancel(context.Background())
 	g.files = watchedFiles(path, cfg)
 	g.stats = filewatch.StatFiles(g.files, nil)
 	g.sets = buildSets(cfg, nil, log)
@@ -314,13 +320,24 @@ func (g *gateway) reload(source string) reloadOutcome {
 	if g.stopping {
 		return reloadOutcome{Err: errors.New("shutting down")}
 	}
-	if cfg != nil {
-		if now := watchedFiles(g.path, cfg); !slices.Equal(now, files) {
-			files, stats = now, filewatch.StatFiles(now, nil)
+	// restat makes want the watched files, with the stats taken before
+	// the load for those watched already.
+	restat := func(want []string) {
+		old := map[string]filewatch.Stat{}
+		for i, f := range files {
+			old[f] = stats[i]
+		}
+		g.files, g.stats = want, make([]filewatch.Stat, len(want))
+		for i, f := range want {
+			st, ok := old[f]
+			if !ok {
+				st = filewatch.StatFile(f)
+			}
+			g.stats[i] = st
 		}
 	}
-	g.files, g.stats = files, stats
 	if err != nil {
+		restat(files)
 		problems := configProblems(err)
 		for _, p := range problems {
 			g.log.Error("config error", "source", source, "error", p)
@@ -331,13 +348,30 @@ func (g *gateway) reload(source string) reloadOutcome {
 	for _, w := range cfg.Warnings {
 		g.log.Warn("config warning", "file", w.File, "line", w.Line, "key", w.Path, "warning", w.Err.Error())
 	}
+	running := g.cfg
 	changes, err := g.apply(cfg)
 	if err != nil {
-		g.log.Error("config reload failed; keeping the running config", "source", source, "errors", 1, "error", err.Error())
+		// Watch the files of both: the running config's, and the
+		// rejected one's, whose fix may be a file it names.
+		restat(union(watchedFiles(g.path, running), watchedFiles(g.path, cfg)))
+		g.log.Error("config error", "source", source, "error", err.Error())
+		g.log.Error("config reload failed; keeping the running config", "source", source, "errors", 1)
 		return reloadOutcome{Err: err}
 	}
+	restat(watchedFiles(g.path, cfg))
 	g.log.LogAttrs(context.Background(), slog.LevelInfo, "config reloaded", append([]slog.Attr{slog.String("source", source)}, changes...)...)
 	return reloadOutcome{Changes: changes}
+}
+
+// union returns a followed by the names of b that a lacks.
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, f := range b {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // configProblems returns one line per problem of a config error.
@@ -448,11 +482,15 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 		if keep[addr] {
 			continue
 		}
-		// Stop accepting; the connections it has finish on the retired
-		// server.
+		// Stop accepting, and finish the connections it has, as nginx
+		// does on a reload: the request in flight gets its answer with
+		// Connection: close, idle keep-alive connections are closed.
+		// WebSocket sessions are the handler's: their routes decide.
 		_ = l.srvLn.Close()
 		_ = l.sock.Close()
-		g.retired = append(g.retired, l.srv)
+		srv := l.srv
+		g.retiring.Go(func() { _ = srv.ShutdownWithContext(g.retireCtx) })
+		g.retired = append(g.retired, srv)
 		delete(g.lns, addr)
 		lnRemoved = append(lnRemoved, addr)
 		g.log.Info("listener removed", "addr", l.addr)
@@ -601,6 +639,10 @@ func (g *gateway) shutdown(delay time.Duration, hurry <-chan struct{}) bool {
 			}
 		}
 	)
+	// The shutdowns of removed listeners' servers give way to the ones
+	// below (a server's shutdowns run one at a time).
+	g.stopRetires()
+	g.retiring.Wait()
 	g.mu.Lock()
 	var servers, demos []*fasthttp.Server
 	for _, l := range g.lns {
