@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,15 +128,19 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		RetryBodyLimit  int64
 		ResolveEvery    string   `json:",omitempty"`
 		Resolvers       []string `json:",omitempty"`
+		OnTargetRemoved string
 	}
 	type webSocket struct {
 		Enabled                       bool
 		Origins                       []string
 		MaxMessageSize                int64
 		IdleTimeout, HandshakeTimeout string
+		OnChange                      string
+		CloseCode                     uint16
+		CloseReason                   string
 	}
 	type route struct {
-		Name, Upstream                  string
+		Name, ID, Upstream              string
 		Index                           int
 		Hosts, Methods                  []string
 		Path, PathPrefix                string
@@ -214,6 +219,7 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 			su.ResolveEvery = u.ResolveEvery.String()
 		}
 		su.Resolvers = u.Resolvers
+		su.OnTargetRemoved = u.OnTargetRemoved
 		if c := u.TLS; c != nil {
 			su.TLS = &upstreamTLS{c.ServerName, c.InsecureSkipVerify, c.RootCAs != nil, c.MinVersion}
 		}
@@ -221,7 +227,7 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 	}
 	for _, r := range cfg.Table.Routes() {
 		sr := route{
-			Name: r.Name, Index: r.Index, Hosts: r.Hosts, Methods: r.Methods,
+			Name: r.Name, ID: r.ID, Index: r.Index, Hosts: r.Hosts, Methods: r.Methods,
 			Path: r.Path, PathPrefix: r.PathPrefix, StripPrefix: r.StripPrefix,
 			MaxRequestBody: r.MaxRequestBody,
 			RequestHeaders: r.RequestHeaders, ResponseHeaders: r.ResponseHeaders,
@@ -229,6 +235,8 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 				Enabled: r.WebSocket.Enabled, Origins: r.WebSocket.Origins,
 				MaxMessageSize: r.WebSocket.MaxMessageSize,
 				IdleTimeout:    r.WebSocket.IdleTimeout.String(), HandshakeTimeout: r.WebSocket.HandshakeTimeout.String(),
+				OnChange:  r.WebSocket.OnChange.String(),
+				CloseCode: r.WebSocket.CloseCode, CloseReason: r.WebSocket.CloseReason,
 			},
 			Respond: r.Respond, Redirect: r.Redirect,
 		}
@@ -245,7 +253,7 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 	s.Timeouts = map[string]string{
 		"request_header": tm.RequestHeader.String(), "request_body": tm.RequestBody.String(),
 		"write": tm.Write.String(), "idle": tm.Idle.String(), "drain": tm.Drain.String(),
-		"shutdown_delay": tm.ShutdownDelay.String(),
+		"reload_drain": tm.ReloadDrain.String(), "shutdown_delay": tm.ShutdownDelay.String(),
 	}
 	for _, p := range cfg.Trusted {
 		s.Trusted = append(s.Trusted, p.String())
@@ -347,9 +355,11 @@ routes: [{match: {path_prefix: /}, upstream: demo}]
 	if !reflect.DeepEqual(u, bare) {
 		t.Errorf("upstream demo = %+v, want the defaults %+v", u, bare)
 	}
-	wantWS := routes.WebSocket{Enabled: true, MaxMessageSize: defaultMaxMessageSize, IdleTimeout: defaultIdleTimeout, HandshakeTimeout: defaultHandshakeTimeout}
+	wantWS := routes.WebSocket{Enabled: true, MaxMessageSize: defaultMaxMessageSize, IdleTimeout: defaultIdleTimeout, HandshakeTimeout: defaultHandshakeTimeout,
+		OnChange: routes.Drain, CloseCode: defaultOnChangeCode, CloseReason: defaultOnChangeReason}
 	if r.WebSocket.Enabled != wantWS.Enabled || len(r.WebSocket.Origins) != 0 || r.WebSocket.MaxMessageSize != wantWS.MaxMessageSize ||
-		r.WebSocket.IdleTimeout != wantWS.IdleTimeout || r.WebSocket.HandshakeTimeout != wantWS.HandshakeTimeout {
+		r.WebSocket.IdleTimeout != wantWS.IdleTimeout || r.WebSocket.HandshakeTimeout != wantWS.HandshakeTimeout ||
+		r.WebSocket.OnChange != wantWS.OnChange || r.WebSocket.CloseCode != wantWS.CloseCode || r.WebSocket.CloseReason != wantWS.CloseReason {
 		t.Errorf("websocket = %+v, want the defaults %+v", r.WebSocket, wantWS)
 	}
 	if r.MaxRequestBody != defaultLimits.RequestBody || r.StripPrefix || len(r.Hosts) != 0 || len(r.Methods) != 0 ||
@@ -368,7 +378,8 @@ routes: [{match: {path_prefix: /}, upstream: demo}]
 	m := minimal.Table.Routes()[0]
 	if m.WebSocket.Enabled != r.WebSocket.Enabled || m.WebSocket.MaxMessageSize != r.WebSocket.MaxMessageSize ||
 		m.WebSocket.IdleTimeout != r.WebSocket.IdleTimeout || m.WebSocket.HandshakeTimeout != r.WebSocket.HandshakeTimeout ||
-		m.MaxRequestBody != r.MaxRequestBody {
+		m.WebSocket.OnChange != r.WebSocket.OnChange || m.WebSocket.CloseCode != r.WebSocket.CloseCode ||
+		m.WebSocket.CloseReason != r.WebSocket.CloseReason || m.MaxRequestBody != r.MaxRequestBody {
 		t.Errorf("minimal route = %+v, example route = %+v: the example does not state the defaults", m, r)
 	}
 	if minimal.Limits != cfg.Limits || minimal.Timeouts != cfg.Timeouts {
@@ -525,6 +536,107 @@ routes:
 	}
 	if compiled[1].Redirect.Status != 302 || compiled[2].Respond.Status != 200 {
 		t.Errorf("redirect %+v, respond %+v: want status 302 and 200", compiled[1].Redirect, compiled[2].Respond)
+	}
+	for _, r := range compiled {
+		if ws := r.WebSocket; ws.OnChange != routes.Drain || ws.CloseCode != 1012 || ws.CloseReason != "service restart" {
+			t.Errorf("route %s: on_change %s, code %d, reason %q; want drain, 1012, %q", r.Name, ws.OnChange, ws.CloseCode, ws.CloseReason, "service restart")
+		}
+	}
+	if got := cfg.UpstreamConfigs["app"].OnTargetRemoved; got != "drain" {
+		t.Errorf("on_target_removed = %q, want drain", got)
+	}
+	if got := cfg.Timeouts.ReloadDrain; got != 30*time.Second {
+		t.Errorf("reload_drain = %v, want 30s", got)
+	}
+}
+
+// TestRouteIDs: a named route's ID is "name:" and its name, whatever it
+// matches; an unnamed route's is "match:" and its match, the same in
+// every parse of the same file, wherever the route sits in it, and
+// different when the match changes (but not when only the spelling of
+// the same match does).
+func TestRouteIDs(t *testing.T) {
+	const head = `
+listeners: [{addr: "127.0.0.1:0"}]
+upstreams: {app: {targets: ["http://127.0.0.1:9001"]}, other: {targets: ["http://127.0.0.1:9002"]}}
+routes:
+`
+	// ids parses head and routes (one YAML flow mapping a line) and
+	// returns the route IDs in file order.
+	ids := func(t *testing.T, routes ...string) []string {
+		t.Helper()
+		doc := head
+		for _, r := range routes {
+			doc += "  - " + r + "\n"
+		}
+		var out []string
+		for _, r := range loadString(t, doc).Table.Routes() {
+			out = append(out, r.ID)
+		}
+		return out
+	}
+	const (
+		named   = `{name: chat, match: {path: /ws}, upstream: app}`
+		unnamed = `{match: {host: [api.example.com, "*.api.example.com"], path_prefix: /api/, methods: [GET, POST]}, upstream: app}`
+		static  = `{match: {path: /healthz}, respond: {body: ok}}`
+	)
+	base := ids(t, named, unnamed, static)
+	if base[0] != "name:chat" {
+		t.Errorf("named route: ID %q, want %q", base[0], "name:chat")
+	}
+	for i, id := range base[1:] {
+		if !strings.HasPrefix(id, "match:") {
+			t.Errorf("unnamed route %d: ID %q, want one starting with %q", i+1, id, "match:")
+		}
+	}
+	if base[1] == base[2] {
+		t.Errorf("two unnamed routes share the ID %q", base[1])
+	}
+	if again := ids(t, named, unnamed, static); !slices.Equal(again, base) {
+		t.Errorf("a second parse of the same file: IDs %q, want %q", again, base)
+	}
+
+	// Each case replaces one of the three routes; same says whether
+	// its ID must stay what it was.
+	tests := []struct {
+		name  string
+		index int
+		route string
+		same  bool
+	}{
+		{"named: another match", 0, `{name: chat, match: {path_prefix: /v2/ws, host: x.example.com}, upstream: other}`, true},
+		{"named: another name", 0, `{name: chat2, match: {path: /ws}, upstream: app}`, false},
+		{"unnamed: another upstream and settings", 1, `{match: {host: [api.example.com, "*.api.example.com"], path_prefix: /api/, methods: [GET, POST]}, upstream: other, strip_prefix: true, websocket: {max_message_size: 1KiB, on_change: close}}`, true},
+		{"unnamed: spelled in another case, prefix without its slash", 1, `{match: {host: [API.example.com, "*.API.example.com"], path_prefix: /api, methods: [get, post]}, upstream: app}`, true},
+		{"unnamed: another host", 1, `{match: {host: [api.example.com], path_prefix: /api/, methods: [GET, POST]}, upstream: app}`, false},
+		{"unnamed: another prefix", 1, `{match: {host: [api.example.com, "*.api.example.com"], path_prefix: /api/v2, methods: [GET, POST]}, upstream: app}`, false},
+		{"unnamed: a path for the prefix", 1, `{match: {host: [api.example.com, "*.api.example.com"], path: /api, methods: [GET, POST]}, upstream: app}`, false},
+		{"unnamed: another method", 1, `{match: {host: [api.example.com, "*.api.example.com"], path_prefix: /api/, methods: [GET]}, upstream: app}`, false},
+		{"unnamed: any method", 1, `{match: {host: [api.example.com, "*.api.example.com"], path_prefix: /api/}, upstream: app}`, false},
+		{"unnamed: another body", 2, `{match: {path: /healthz}, respond: {status: 503, body: down}}`, true},
+		{"unnamed: another path", 2, `{match: {path: /health}, respond: {body: ok}}`, false},
+		{"unnamed, now named", 2, `{name: health, match: {path: /healthz}, respond: {body: ok}}`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := []string{named, unnamed, static}
+			rs[tt.index] = tt.route
+			got := ids(t, rs...)
+			if same := got[tt.index] == base[tt.index]; same != tt.same {
+				t.Errorf("ID %q, before %q: same = %t, want %t", got[tt.index], base[tt.index], same, tt.same)
+			}
+			for i := range got {
+				if i != tt.index && got[i] != base[i] {
+					t.Errorf("route %d, unchanged: ID %q, before %q", i, got[i], base[i])
+				}
+			}
+		})
+	}
+
+	// Where an unnamed route sits in the file does not matter.
+	moved := ids(t, static, named, unnamed)
+	if moved[0] != base[2] || moved[1] != base[0] || moved[2] != base[1] {
+		t.Errorf("routes in another order: IDs %q, want %q", moved, []string{base[2], base[0], base[1]})
 	}
 }
 

@@ -684,8 +684,9 @@ func (v *validator) routes(cfg *Config, ups map[string]*routes.Upstream) []*rout
 			// unique.
 			if j, dup := names[r.Name]; dup {
 				v.atf(path+".name", "duplicate route name %q (first at routes[%d])", r.Name, j)
+			} else {
+				names[r.Name] = i
 			}
-			names[r.Name] = i
 			id = "name:" + r.Name
 		} else {
 			r.Name = path
@@ -978,8 +979,10 @@ func sendableCloseCode(code int) bool {
 }
 
 // matchID identifies an unnamed route across reloads by what it matches.
+// Hosts and methods are sets: their order does not matter.
 func matchID(m *Match) string {
-	return fmt.Sprintf("host=%q path=%q prefix=%q methods=%q", []string(m.Host), m.Path, trimSlash(m.PathPrefix), m.Methods)
+	return fmt.Sprintf("host=%q path=%q prefix=%q methods=%q",
+		slices.Sorted(slices.Values(m.Host)), m.Path, trimSlash(m.PathPrefix), slices.Sorted(slices.Values(m.Methods)))
 }
 
 // isOrigin reports whether o is a serialised origin: scheme://host[:port].

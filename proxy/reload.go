@@ -31,7 +31,7 @@ type ReloadResult struct {
 // routes.Route.ID), nothing that governs a live session changed
 // (enabled, upstream name, max_message_size, idle_timeout, origins) and
 // its target is still in the upstream. An affected session gets its
-// route's on_change (the new route's, or the old one's when the route is
+// route's on_change (the new route's, or the last version of a route that is
 // gone); one whose only change is that its target left gets the
 // upstream's on_target_removed. drain closes it at a random moment
 // within drain, close at once; both send the route's close code and
@@ -42,7 +42,7 @@ type ReloadResult struct {
 // starts the new ones before calling Reload.
 func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 	sn := newSnapshot(&o)
-	h.cur.Store(sn)
+	prev := h.cur.Swap(sn)
 
 	h.mu.Lock()
 	if h.draining {
@@ -58,7 +58,7 @@ func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 	h.mu.Unlock()
 
 	var res ReloadResult
-	due := h.decide(sn, list, drain, time.Now(), &res)
+	due := h.decide(sn, prev, list, drain, time.Now(), &res)
 	if len(due) > 0 {
 		h.schedule(due, stop, nil)
 	}
@@ -67,14 +67,14 @@ func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 
 // decide returns the closes a reload to sn schedules for the sessions of
 // list, and counts every decision in res.
-func (h *Handler) decide(sn *snapshot, list []*session, drain time.Duration, now time.Time, res *ReloadResult) []scheduledClose {
+func (h *Handler) decide(sn, prev *snapshot, list []*session, drain time.Duration, now time.Time, res *ReloadResult) []scheduledClose {
 	urls := map[*upstream.Set]map[string]bool{}
 	var due []scheduledClose
 	for _, s := range list {
 		if s.scheduled.Load() {
 			continue // an earlier reload already decided
 		}
-		action, r, affected := sn.fate(s, urls)
+		action, r, affected := sn.fate(s, prev, urls)
 		if !affected {
 			res.Unchanged++
 			continue
@@ -115,19 +115,26 @@ func (h *Handler) recheck(s *session) {
 	drain, stop := h.reloadDrain, h.stopSchedules
 	h.mu.Unlock()
 	var res ReloadResult
-	if due := h.decide(sn, []*session{s}, drain, time.Now(), &res); len(due) > 0 {
+	if due := h.decide(sn, nil, []*session{s}, drain, time.Now(), &res); len(due) > 0 {
 		h.schedule(due, stop, nil)
 	}
 }
 
-// fate returns what a reload to sn does to s: whether s is affected, the
-// action, and the route whose close code and reason to send. urls caches
-// each set's target URLs.
-func (sn *snapshot) fate(s *session, urls map[*upstream.Set]map[string]bool) (routes.ChangeAction, *routes.Route, bool) {
+// fate returns what a reload from prev (nil: not known) to sn does to
+// s: whether s is affected, the action, and the route whose close code
+// and reason to send. A route that is gone decides by its last version,
+// in prev (which a reload that left the session unchanged may have
+// changed since the session started). urls caches each set's target
+// URLs.
+func (sn *snapshot) fate(s *session, prev *snapshot, urls map[*upstream.Set]map[string]bool) (routes.ChangeAction, *routes.Route, bool) {
 	old := s.route
 	r := sn.byID[old.ID]
 	if r == nil {
-		return old.WebSocket.OnChange, old, true
+		last := old
+		if prev != nil && prev.byID[old.ID] != nil {
+			last = prev.byID[old.ID]
+		}
+		return last.WebSocket.OnChange, last, true
 	}
 	if !sameLive(old, r) {
 		return r.WebSocket.OnChange, r, true

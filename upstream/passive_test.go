@@ -110,6 +110,11 @@ func TestPassiveDoubling(t *testing.T) {
 		}
 	}
 	waitFor(t, "the target in rotation", bad.Healthy)
+	// readmit logs right after the target is back in rotation: wait for
+	// the line, then check there are no more than three.
+	waitFor(t, "three \"target healthy\" lines", func() bool {
+		return lb.count("target healthy", "target="+bad.URL, `reason="ejection ended"`) >= 3
+	})
 	if n := lb.count("target healthy", "target="+bad.URL, `reason="ejection ended"`); n != 3 {
 		t.Errorf("%d \"target healthy\" lines after 3 ejections ended, want 3", n)
 	}
