@@ -1,15 +1,17 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -35,26 +37,31 @@ func (g *gateway) handOver(done chan<- struct{}) {
 		g.log.Warn("hand-over already in progress or shutting down; SIGUSR2 ignored")
 		return
 	}
+	// Duplicates of the sockets' descriptors (close-on-exec: no other
+	// child gets them), taken without (*os.File).Fd, which would switch
+	// the sockets, shared with this process's listeners, to blocking
+	// mode: an accept here would then block its thread, and closing the
+	// listener would wait for the next client.
 	var (
-		files []*os.File
+		fds   []int
 		pairs []string
 	)
-	closeFiles := func() {
-		for _, f := range files {
-			f.Close()
+	closeFDs := func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
 		}
 	}
 	for _, key := range slices.Sorted(maps.Keys(g.lns)) {
-		f, err := g.lns[key].sock.File()
+		fd, err := dupSocket(g.lns[key].sock)
 		if err != nil {
 			g.mu.Unlock()
-			closeFiles()
+			closeFDs()
 			g.log.Error("hand-over failed", "error", fmt.Sprintf("listener %q: %v", key, err))
 			return
 		}
-		// ExtraFiles[i] becomes descriptor 3+i in the new process.
-		pairs = append(pairs, strconv.Itoa(3+len(files))+":"+key)
-		files = append(files, f)
+		// fds[i] becomes descriptor 3+i in the new process.
+		pairs = append(pairs, strconv.Itoa(3+len(fds))+":"+key)
+		fds = append(fds, fd)
 	}
 	g.handingOver = true
 	g.mu.Unlock()
@@ -67,33 +74,47 @@ func (g *gateway) handOver(done chan<- struct{}) {
 
 	exe, err := os.Executable()
 	if err != nil {
-		closeFiles()
+		closeFDs()
 		failed("hand-over failed", "error", err.Error())
 		return
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		closeFiles()
+		closeFDs()
 		failed("hand-over failed", "error", err.Error())
 		return
 	}
-	cmd := exec.Command(exe, os.Args[1:]...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.ExtraFiles = append(files, w)
-	cmd.Env = append(os.Environ(),
+	files := []uintptr{0, 1, 2}
+	for _, fd := range fds {
+		files = append(files, uintptr(fd))
+	}
+	files = append(files, w.Fd()) // our end of the pipe: blocking is fine
+	env := append(os.Environ(),
 		listenFDsEnv+"="+strings.Join(pairs, ","),
-		readyFDEnv+"="+strconv.Itoa(3+len(files)))
-	err = cmd.Start()
-	closeFiles() // the new process has its own copies
+		readyFDEnv+"="+strconv.Itoa(3+len(fds)))
+	pid, err := syscall.ForkExec(exe, append([]string{exe}, os.Args[1:]...), &syscall.ProcAttr{Env: env, Files: files})
+	closeFDs() // the new process has its own copies
 	w.Close()
 	if err != nil {
 		r.Close()
 		failed("hand-over failed", "error", err.Error())
 		return
 	}
-	g.log.Info("hand-over: new process started", "pid", cmd.Process.Pid)
+	proc, err := os.FindProcess(pid)
+	if err != nil { // not on Unix
+		r.Close()
+		failed("hand-over failed", "error", err.Error())
+		return
+	}
+	g.log.Info("hand-over: new process started", "pid", pid)
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }() // reaps it if it dies before this process exits
+	go func() { // reaps it if it dies before this process exits
+		st, err := proc.Wait()
+		if err == nil && !st.Success() {
+			err = errors.New(st.String())
+		}
+		exited <- err
+	}()
 	go func() {
 		defer r.Close()
 		ready := make(chan bool, 1)
@@ -106,19 +127,41 @@ func (g *gateway) handOver(done chan<- struct{}) {
 		select {
 		case ok := <-ready:
 			if ok {
-				g.log.Info("hand-over: new process ready; draining", "pid", cmd.Process.Pid)
+				g.log.Info("hand-over: new process ready; draining", "pid", pid)
 				close(done)
 				return
 			}
 			err := <-exited
-			failed("hand-over failed: the new process exited before it was ready; still serving", "pid", cmd.Process.Pid, "error", fmt.Sprint(err))
+			failed("hand-over failed: the new process exited before it was ready; still serving", "pid", pid, "error", fmt.Sprint(err))
 		case <-timer.C:
-			_ = cmd.Process.Kill()
+			_ = proc.Kill()
 			<-exited
 			failed("hand-over failed: the new process was not ready in time and was killed; still serving",
-				"pid", cmd.Process.Pid, "timeout", handOverTimeout.String())
+				"pid", pid, "timeout", handOverTimeout.String())
 		}
 	}()
+}
+
+// dupSocket returns a close-on-exec duplicate of ln's descriptor. The
+// duplicate shares the socket's flags: it stays non-blocking.
+func dupSocket(ln *net.TCPListener) (int, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, dupErr := -1, error(nil)
+	err = rc.Control(func(fd uintptr) {
+		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
+		if errno != 0 {
+			dupErr = errno
+			return
+		}
+		dup = int(r)
+	})
+	if err == nil {
+		err = dupErr
+	}
+	return dup, err
 }
 
 // tellParentReady tells the process this one takes over from (if any)

@@ -117,8 +117,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// Take the signals before the first listening line, and never let
 	// them go (no signal.Stop): a SIGHUP or SIGTERM at any moment until
 	// the process exits must not kill it by the default action.
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
+	// One channel per kind: a burst of SIGHUPs fills its channel (and
+	// the extra ones coalesce, as reloads do), never the one a SIGTERM
+	// must get through.
+	term, hup, usr2 := make(chan os.Signal, 4), make(chan os.Signal, 1), make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	sigs := signals{term: term, hup: hup, usr2: usr2}
 	in, err := inheritedListeners()
 	if err != nil {
 		log.Error("start failed", "error", err.Error())
@@ -171,10 +177,17 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("bad -log-format %q (want json or text)", format)
 }
 
+// signals are the channels the handled signals arrive on.
+type signals struct {
+	term <-chan os.Signal // SIGTERM, SIGINT
+	hup  <-chan os.Signal
+	usr2 <-chan os.Signal
+}
+
 // wait runs until a shutdown signal, a hand-over that succeeded or a
 // failed server, then drains, and returns the exit code. SIGHUP and file
 // changes reload the config meanwhile.
-func (g *gateway) wait(sigs <-chan os.Signal) int {
+func (g *gateway) wait(sigs signals) int {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	var watchers sync.WaitGroup
 	watchers.Go(func() {
@@ -193,17 +206,22 @@ func (g *gateway) wait(sigs <-chan os.Signal) int {
 	handed := false
 wait:
 	for {
+		// A SIGTERM goes first: a reload or a burst of SIGHUPs must not
+		// keep the process from shutting down.
 		select {
-		case sig := <-sigs:
-			switch sig {
-			case syscall.SIGHUP:
-				g.reload("SIGHUP")
-			case syscall.SIGUSR2:
-				g.handOver(handedOver)
-			default:
-				g.log.Info("shutting down", "signal", sig.String())
-				break wait
-			}
+		case sig := <-sigs.term:
+			g.log.Info("shutting down", "signal", sig.String())
+			break wait
+		default:
+		}
+		select {
+		case sig := <-sigs.term:
+			g.log.Info("shutting down", "signal", sig.String())
+			break wait
+		case <-sigs.hup:
+			g.reload("SIGHUP")
+		case <-sigs.usr2:
+			g.handOver(handedOver)
 		case <-handedOver:
 			handed = true
 			break wait
@@ -218,20 +236,18 @@ wait:
 	hurry := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
+		hurried := false
 		for {
 			select {
-			case sig := <-sigs:
-				if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+			case sig := <-sigs.term:
+				if !hurried {
 					g.log.Info("second shutdown signal: closing every session now", "signal", sig.String())
 					close(hurry)
-					for {
-						select {
-						case <-sigs:
-						case <-done:
-							return
-						}
-					}
+					hurried = true
 				}
+			case sig := <-sigs.hup:
+				g.log.Info("signal ignored while shutting down", "signal", sig.String())
+			case sig := <-sigs.usr2:
 				g.log.Info("signal ignored while shutting down", "signal", sig.String())
 			case <-done:
 				return
