@@ -211,7 +211,15 @@ func startGatewayBin(t *testing.T, bin, path string, env []string) *gw {
 		close(g.exited)
 	}()
 	t.Cleanup(g.cleanup)
+	g.awaitListeners(want)
+	return g
+}
 
+// awaitListeners waits until want listening lines are logged, and sets
+// g.Listeners and g.Addr from them.
+func (g *gw) awaitListeners(want int) {
+	t := g.t
+	t.Helper()
 	deadline := time.After(startTimeout)
 	for {
 		entries, changed := g.logs.snapshot()
@@ -245,7 +253,6 @@ func startGatewayBin(t *testing.T, bin, path string, env []string) *gw {
 			break
 		}
 	}
-	return g
 }
 
 // countListeners returns the length of the listeners list of a config

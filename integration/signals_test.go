@@ -1266,36 +1266,7 @@ func startHandOverGateway(t *testing.T, path string) *handOverGW {
 	}()
 	h := &handOverGW{gw: g, children: map[int]*os.Process{}}
 	t.Cleanup(func() { h.cleanup(r, copied) })
-
-	deadline := time.After(startTimeout)
-	for {
-		entries, changed := g.logs.snapshot()
-		g.Listeners = g.Listeners[:0]
-		for _, e := range entries {
-			if e["msg"] == "listening" {
-				addr, _ := e["addr"].(string)
-				isTLS, _ := e["tls"].(bool)
-				builtin, _ := e["builtin"].(string)
-				g.Listeners = append(g.Listeners, listenAddr{Addr: addr, TLS: isTLS, Builtin: builtin})
-			}
-		}
-		if len(g.Listeners) == want {
-			break
-		}
-		select {
-		case <-changed:
-		case <-g.exited:
-			t.Fatalf("wsgate exited with code %d before listening on %d listeners", g.exitCode, want)
-		case <-deadline:
-			t.Fatalf("wsgate logged %d of %d listening lines within %v", len(g.Listeners), want, startTimeout)
-		}
-	}
-	for _, l := range g.Listeners {
-		if l.Builtin == "" {
-			g.Addr = l.Addr
-			break
-		}
-	}
+	g.awaitListeners(want)
 	return h
 }
 
