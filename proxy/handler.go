@@ -75,6 +75,9 @@ type Handler struct {
 	// schedules are the goroutines of close schedules (see schedule).
 	schedules sync.WaitGroup
 
+	// ready is what a readiness probe answers (see SetReady).
+	ready atomic.Bool
+
 	// handOffs counts WebSocket legs the poller gave back to a pump
 	// goroutine (see poller.handOff): low while the poller relays.
 	handOffs atomic.Int64
@@ -352,6 +355,16 @@ func (h *Handler) logRequest(ctx *fasthttp.RequestCtx, r *routes.Route, status i
 		slog.Int64("duration_ms", time.Since(ctx.Time()).Milliseconds()),
 	)
 }
+
+// SetReady sets what [Handler.Ready] reports: the process owning the
+// handler sets it once every listener serves, and clears it the moment a
+// shutdown begins, before shutdown_delay, so that a load balancer stops
+// sending traffic while the listeners still accept.
+func (h *Handler) SetReady(ready bool) { h.ready.Store(ready) }
+
+// Ready reports whether the handler should receive new traffic: what a
+// readiness endpoint (/readyz) answers. False until SetReady(true).
+func (h *Handler) Ready() bool { return h.ready.Load() }
 
 // Sessions returns the number of live WebSocket sessions.
 func (h *Handler) Sessions() int {

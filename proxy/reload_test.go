@@ -778,3 +778,24 @@ func TestReloadNoLeak(t *testing.T) {
 	}
 	t.Logf("goroutines: %d before, %d after %d reloads", base, n, rounds)
 }
+
+// TestReady: a handler is not ready until its owner says so, and stops
+// being ready when told, while it still serves.
+func TestReady(t *testing.T) {
+	p := startProxy(t, pathRoute("/", &routes.Route{Name: "ok", Respond: &routes.Respond{Status: 200, Body: "ok"}}))
+	if p.h.Ready() {
+		t.Error("Ready() = true before SetReady(true)")
+	}
+	p.h.SetReady(true)
+	if !p.h.Ready() {
+		t.Error("Ready() = false after SetReady(true)")
+	}
+	p.h.SetReady(false)
+	if p.h.Ready() {
+		t.Error("Ready() = true after SetReady(false)")
+	}
+	resp, body := do(t, httpClient(t), newRequest(t, "GET", "http://"+p.addr+"/", nil))
+	if resp.StatusCode != http.StatusOK || body != "ok" {
+		t.Errorf("GET / while not ready = %d %q, want 200 \"ok\" (readiness does not stop serving)", resp.StatusCode, body)
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -34,9 +33,6 @@ type gateway struct {
 	handler   *proxy.Handler // one for the life of the process: Reload swaps its config
 	failed    chan error     // first Serve error
 	serveWG   sync.WaitGroup // every Serve goroutine
-	// ready is true from the end of start until shutdown begins: what
-	// /readyz will answer (the admin issue adds the endpoint).
-	ready atomic.Bool
 
 	mu       sync.Mutex // serialises reloads, hand-over and shutdown; guards the fields below
 	cfg      *config.Config
@@ -113,7 +109,7 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 		log.Info("listening", "addr", l.addr, "tls", l.cfg.TLS != nil, "builtin", l.cfg.Builtin)
 	}
 	ok = true
-	g.ready.Store(true)
+	g.handler.SetReady(true) // what /readyz will answer (the admin issue adds it)
 	return g, nil
 }
 
@@ -608,7 +604,7 @@ func diffTargets(a, b map[string]*upstream.Set) (added, removed []string) {
 func (g *gateway) shutdown(delay time.Duration, hurry <-chan struct{}) bool {
 	g.mu.Lock()
 	g.stopping = true
-	g.ready.Store(false)
+	g.handler.SetReady(false)
 	cfg := g.cfg
 	g.mu.Unlock()
 	t := cfg.Timeouts
