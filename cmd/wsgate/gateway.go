@@ -34,11 +34,15 @@ type gateway struct {
 	failed    chan error     // first Serve error
 	serveWG   sync.WaitGroup // every Serve goroutine
 
+	// reloadMu makes reloads run one at a time from the stat of the
+	// files to the end of the apply: two overlapping ones (SIGHUP and a
+	// file change) could otherwise apply an older file last.
+	reloadMu sync.Mutex
 	mu       sync.Mutex // serialises reloads, hand-over and shutdown; guards the fields below
 	cfg      *config.Config
 	sets     map[string]*upstream.Set // by upstream name: those routes name
 	lns      map[string]*listener     // by listenerKeys
-	retired  []*fasthttp.Server       // generations that stopped accepting; their connections may run on
+	retired  []*gen                   // generations replaced on a kept socket; their connections may run on
 	stopping bool
 	// retiring runs the shutdowns of removed listeners' servers, until
 	// they end or retireCtx is done (the process shuts down).
@@ -102,10 +106,19 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 		fresh = append(fresh, l)
 	}
 	in.closeRest()
-	for _, l := range fresh {
-		if err := g.serve(l, cfg); err != nil {
+	lns := make([]*onceCloseListener, len(fresh))
+	for i, l := range fresh {
+		ln, err := l.generation(l.cfg)
+		if err != nil {
+			for _, ln := range lns[:i] {
+				ln.Close()
+			}
 			return nil, err
 		}
+		lns[i] = ln
+	}
+	for i, l := range fresh {
+		g.serve(l, cfg, lns[i])
 		log.Info("listening", "addr", l.addr, "tls", l.cfg.TLS != nil, "builtin", l.cfg.Builtin)
 	}
 	ok = true
@@ -162,25 +175,23 @@ func loadStore(lc config.Listener, log *slog.Logger) (*wstls.Store, error) {
 	return store, nil
 }
 
-// serve starts a new server generation on l with cfg's server settings;
-// the generation before it, if any, stops accepting and is retired.
-// g.mu is held (or start is running).
-func (g *gateway) serve(l *listener, cfg *config.Config) error {
-	ln, err := l.generation()
-	if err != nil {
-		return err
-	}
-	var srv *fasthttp.Server
+// serve starts a new server generation on l, accepting on ln (from
+// l.generation) with cfg's server settings; the generation before it, if
+// any, stops accepting and is retired: its connections run on until they
+// end. g.mu is held (or start is running).
+func (g *gateway) serve(l *listener, cfg *config.Config, ln *onceCloseListener) {
+	gn := &gen{ln: ln}
 	if l.cfg.Builtin == config.BuiltinDemo {
-		srv = newDemoServer(g.log)
+		gn.srv = newDemoServer(g.log)
 	} else {
 		l.sopts = serverOptions(cfg)
-		srv = proxy.NewServer(g.handler, l.sopts)
+		gn.srv = proxy.NewServer(g.handler, l.sopts)
 	}
-	old, oldLn := l.srv, l.srvLn
-	l.srv, l.srvLn = srv, ln
+	gn.countConns()
+	old := l.cur
+	l.cur = gn
 	g.serveWG.Go(func() {
-		if err := srv.Serve(ln); err != nil && !isClosed(err) {
+		if err := gn.srv.Serve(ln); err != nil && !isClosed(err) {
 			select {
 			case g.failed <- fmt.Errorf("serve %q: %w", l.addr, err):
 			default:
@@ -188,10 +199,9 @@ func (g *gateway) serve(l *listener, cfg *config.Config) error {
 		}
 	})
 	if old != nil {
-		_ = oldLn.Close() // the new generation accepts already
+		_ = old.ln.Close() // the new generation accepts already
 		g.retired = append(g.retired, old)
 	}
-	return nil
 }
 
 // serverOptions returns the front-end server settings of cfg.
@@ -306,6 +316,8 @@ func (g *gateway) watchFiles() []string {
 // reload loads the config file again and, when it is valid, applies it
 // whole; otherwise nothing changes. source names the trigger in the log.
 func (g *gateway) reload(source string) reloadOutcome {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
 	// Stat before reading: a change while loading then shows up as a
 	// difference at the next check, and is loaded then.
 	files := g.watchFiles()
@@ -396,8 +408,12 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 	var (
 		added  []*listener
 		stores []tlsSwap
+		gens   = map[*listener]*onceCloseListener{} // new generations to serve
 	)
 	fail := func(err error) ([]slog.Attr, error) {
+		for _, ln := range gens {
+			ln.Close()
+		}
 		for _, l := range added {
 			l.sock.Close()
 		}
@@ -406,6 +422,14 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 	keys := listenerKeys(cfg)
 	for i, lc := range cfg.Listeners {
 		if l := g.lns[keys[i]]; l != nil {
+			modeChanged := (l.cfg.TLS == nil) != (lc.TLS == nil) || l.cfg.Builtin != lc.Builtin
+			if modeChanged || (lc.Builtin == "" && l.sopts != serverOptions(cfg)) {
+				ln, err := l.generation(lc)
+				if err != nil {
+					return fail(err)
+				}
+				gens[l] = ln
+			}
 			switch {
 			case lc.TLS == nil:
 			case l.store != nil && reflect.DeepEqual(l.cfg.TLS, lc.TLS):
@@ -430,6 +454,11 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 			return fail(err)
 		}
 		added = append(added, l)
+		ln, err := l.generation(lc)
+		if err != nil {
+			return fail(err)
+		}
+		gens[l] = ln
 	}
 
 	// 2. Upstreams: new sets carrying the old ones' target state, started
@@ -464,11 +493,8 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 		}
 		modeChanged := (l.cfg.TLS == nil) != (lc.TLS == nil) || l.cfg.Builtin != lc.Builtin
 		l.cfg = lc
-		if modeChanged || (lc.Builtin == "" && l.sopts != serverOptions(cfg)) {
-			if err := g.serve(l, cfg); err != nil {
-				g.log.Error("listener kept its previous server", "addr", l.addr, "error", err.Error())
-				continue
-			}
+		if ln := gens[l]; ln != nil {
+			g.serve(l, cfg, ln)
 			if modeChanged {
 				lnChanged = append(lnChanged, lc.Addr)
 			}
@@ -482,22 +508,17 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 		// does on a reload: the request in flight gets its answer with
 		// Connection: close, idle keep-alive connections are closed.
 		// WebSocket sessions are the handler's: their routes decide.
-		_ = l.srvLn.Close()
+		_ = l.cur.ln.Close()
 		_ = l.sock.Close()
-		srv := l.srv
+		srv := l.cur.srv
 		g.retiring.Go(func() { _ = srv.ShutdownWithContext(g.retireCtx) })
-		g.retired = append(g.retired, srv)
 		delete(g.lns, addr)
 		lnRemoved = append(lnRemoved, addr)
 		g.log.Info("listener removed", "addr", l.addr)
 	}
 	for _, l := range added {
 		g.lns[l.key] = l
-		if err := g.serve(l, cfg); err != nil {
-			// Only a failing dup(2) gets here; the socket stays bound.
-			g.log.Error("listener not serving", "addr", l.addr, "error", err.Error())
-			continue
-		}
+		g.serve(l, cfg, gens[l])
 		lnAdded = append(lnAdded, l.cfg.Addr)
 		g.log.Info("listening", "addr", l.addr, "tls", l.cfg.TLS != nil, "builtin", l.cfg.Builtin)
 	}
@@ -526,12 +547,10 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 	return attrs, nil
 }
 
-// pruneRetired forgets retired servers with no connection left: their
-// Serve has returned, and shutdown need not wait for them. g.mu is held.
+// pruneRetired forgets retired generations with no connection left:
+// they accept nothing, and shutdown need not wait for them. g.mu is held.
 func (g *gateway) pruneRetired() {
-	g.retired = slices.DeleteFunc(g.retired, func(s *fasthttp.Server) bool {
-		return s.GetOpenConnectionsCount() == 0
-	})
+	g.retired = slices.DeleteFunc(g.retired, func(gn *gen) bool { return gn.conns.Load() <= 0 })
 }
 
 // diffRoutes names the routes added, removed and changed from a to b, by
@@ -635,21 +654,35 @@ func (g *gateway) shutdown(delay time.Duration, hurry <-chan struct{}) bool {
 			}
 		}
 	)
-	// The shutdowns of removed listeners' servers give way to the ones
-	// below (a server's shutdowns run one at a time).
-	g.stopRetires()
-	g.retiring.Wait()
 	g.mu.Lock()
 	var servers, demos []*fasthttp.Server
 	for _, l := range g.lns {
 		if l.cfg.Builtin == config.BuiltinDemo {
-			demos = append(demos, l.srv)
+			demos = append(demos, l.cur.srv)
 		} else {
-			servers = append(servers, l.srv)
+			servers = append(servers, l.cur.srv)
 		}
 	}
-	servers = append(servers, g.retired...)
+	for _, gn := range g.retired {
+		servers = append(servers, gn.srv)
+	}
 	g.mu.Unlock()
+	// The shutdowns of removed listeners' servers run already: they
+	// share this budget.
+	wg.Go(func() {
+		retired := make(chan struct{})
+		go func() {
+			g.retiring.Wait()
+			close(retired)
+		}()
+		select {
+		case <-retired:
+		case <-ctx.Done():
+			g.stopRetires()
+			<-retired
+			setForce(ctx.Err())
+		}
+	})
 	// fasthttp's Shutdown ignores hijacked connections: Drain closes those.
 	for _, srv := range servers {
 		wg.Go(func() { setForce(srv.ShutdownWithContext(ctx)) })
@@ -680,7 +713,7 @@ func (g *gateway) shutdown(delay time.Duration, hurry <-chan struct{}) bool {
 	// closed.
 	g.mu.Lock()
 	for _, l := range g.lns {
-		_ = l.srvLn.Close()
+		_ = l.cur.ln.Close()
 		_ = l.sock.Close()
 	}
 	g.mu.Unlock()

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -140,28 +139,6 @@ func (g *gateway) handOver(done chan<- struct{}) {
 				"pid", pid, "timeout", handOverTimeout.String())
 		}
 	}()
-}
-
-// dupSocket returns a close-on-exec duplicate of ln's descriptor. The
-// duplicate shares the socket's flags: it stays non-blocking.
-func dupSocket(ln *net.TCPListener) (int, error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	dup, dupErr := -1, error(nil)
-	err = rc.Control(func(fd uintptr) {
-		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
-		if errno != 0 {
-			dupErr = errno
-			return
-		}
-		dup = int(r)
-	})
-	if err == nil {
-		err = dupErr
-	}
-	return dup, err
 }
 
 // tellParentReady tells the process this one takes over from (if any)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/valyala/fasthttp"
 
@@ -40,8 +41,7 @@ type listener struct {
 	addr  string           // the bound address, for logs
 	sopts proxy.ServerOptions
 
-	srv   *fasthttp.Server // the current generation
-	srvLn *onceCloseListener
+	cur *gen // the generation accepting now
 
 	// tlsConf is the certificate store's configuration, swapped by a
 	// reload; handshakes read it through GetConfigForClient.
@@ -129,23 +129,29 @@ func bind(l config.Listener, key string, in *inherited) (*net.TCPListener, error
 	return ln.(*net.TCPListener), nil
 }
 
-// generation returns a listener for a new server generation of l: a
-// duplicate of the socket, wrapped for raw socket I/O (route listeners)
-// and TLS.
-func (l *listener) generation() (*onceCloseListener, error) {
-	f, err := l.sock.File()
+// generation returns a listener for a new server generation of l as lc
+// describes it: a duplicate of the socket, wrapped for raw socket I/O
+// (route listeners) and TLS (through l.tlsConf). The duplicate is made
+// without (*os.File).Fd on a file from TCPListener.File, which would
+// switch the socket, shared by every generation, to blocking mode until
+// net.FileListener sets it back: an accept(2) in that window would block
+// its thread, and closing its listener would wait for the next client.
+func (l *listener) generation(lc config.Listener) (*onceCloseListener, error) {
+	fd, err := dupSocket(l.sock)
 	if err != nil {
-		return nil, fmt.Errorf("listener %q: duplicate socket: %w", l.cfg.Addr, err)
+		return nil, fmt.Errorf("listener %q: duplicate socket: %w", lc.Addr, err)
 	}
+	// A descriptor NewFile finds non-blocking stays so through Fd.
+	f := os.NewFile(uintptr(fd), "listener "+lc.Addr)
 	ln, err := net.FileListener(f)
 	f.Close()
 	if err != nil {
-		return nil, fmt.Errorf("listener %q: duplicate socket: %w", l.cfg.Addr, err)
+		return nil, fmt.Errorf("listener %q: duplicate socket: %w", lc.Addr, err)
 	}
-	if l.cfg.Builtin == "" {
+	if lc.Builtin == "" {
 		ln = proxy.Listener(ln) // raw socket I/O on Linux
 	}
-	if l.cfg.TLS != nil {
+	if lc.TLS != nil {
 		ln = stdtls.NewListener(ln, &stdtls.Config{
 			GetConfigForClient: func(*stdtls.ClientHelloInfo) (*stdtls.Config, error) {
 				return l.tlsConf.Load(), nil
@@ -153,6 +159,48 @@ func (l *listener) generation() (*onceCloseListener, error) {
 		})
 	}
 	return &onceCloseListener{Listener: ln}, nil
+}
+
+// dupSocket returns a close-on-exec duplicate of ln's descriptor, taken
+// under RawConn.Control. It shares the socket's flags: it stays
+// non-blocking.
+func dupSocket(ln *net.TCPListener) (int, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, dupErr := -1, error(nil)
+	err = rc.Control(func(fd uintptr) {
+		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
+		if errno != 0 {
+			dupErr = errno
+			return
+		}
+		dup = int(r)
+	})
+	if err == nil {
+		err = dupErr
+	}
+	return dup, err
+}
+
+// gen is one server generation of a listener.
+type gen struct {
+	srv   *fasthttp.Server
+	ln    *onceCloseListener
+	conns atomic.Int64 // open connections (ConnState), hijacked ones excluded
+}
+
+// countConns makes srv count its open connections in conns.
+func (gn *gen) countConns() {
+	gn.srv.ConnState = func(_ net.Conn, st fasthttp.ConnState) {
+		switch st {
+		case fasthttp.StateNew:
+			gn.conns.Add(1)
+		case fasthttp.StateHijacked, fasthttp.StateClosed:
+			gn.conns.Add(-1)
+		}
+	}
 }
 
 // onceCloseListener closes its listener once; later calls return nil.
