@@ -24,8 +24,7 @@ func deps(t *testing.T, pkgs ...string) []string {
 
 // TestImportBoundaries enforces the layout in STYLE.md: only config sees
 // YAML, proxy never imports config, routes, tls and internal/filewatch
-// use the standard library only (tls through filewatch, which imports
-// nothing of this module), and upstream sits below routes, proxy and
+// use the standard library only, and upstream sits below routes, proxy and
 // config.
 func TestImportBoundaries(t *testing.T) {
 	needBinary(t) // skipped under -short with the rest of the package

@@ -2,8 +2,10 @@
 // certificate/key pairs from PEM files, picks one per handshake by SNI,
 // and reloads them without a restart. [Load] returns a [Store];
 // [Store.Config] is the *crypto/tls.Config handed to the listener, and
-// [Store.Reload] or [Store.Watch] swap the certificates under it, so new
-// handshakes see the new set while established connections are untouched.
+// [Store.Reload], or [Store.Prepare] and its commit, swap the certificates
+// under it, so new handshakes see the new set while established
+// connections are untouched. Watching the files is the caller's (wsgate's
+// config reload watches them with the config).
 //
 // SNI selection: an exact DNS name beats a one-label wildcard
 // ("*.example.com" matches "a.example.com", not "a.b.example.com" or
@@ -11,7 +13,5 @@
 // address or no match gets the first pair, the default.
 //
 // The package imports only the standard library (crypto/tls as stdtls);
-// it knows nothing about YAML, flags or fasthttp. On Linux, Watch uses
-// inotify through package syscall; elsewhere, or when inotify is
-// unavailable, it polls the files.
+// it knows nothing about YAML, flags or fasthttp.
 package tls

@@ -197,20 +197,6 @@ func tryServedCN(addr, sni string) (string, error) {
 	return c.ConnectionState().PeerCertificates[0].Subject.CommonName, nil
 }
 
-// eventually calls cond every 20ms until it returns true or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-}
-
 // echoByte writes one byte over c and reads it back from the echo server.
 func echoByte(t *testing.T, c *stdtls.Conn, b byte) {
 	t.Helper()

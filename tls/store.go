@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/wsgate/wsgate/internal/filewatch"
 )
 
 // Pair names one certificate chain file and its key file (PEM).
@@ -26,7 +24,7 @@ type Options struct {
 	// MinVersion is stdtls.VersionTLS12 or stdtls.VersionTLS13. Default
 	// (zero) TLS 1.2.
 	MinVersion uint16
-	// Logger receives reload and watch messages. Default (nil) slog.Default().
+	// Logger receives load and reload messages. Default (nil) slog.Default().
 	Logger *slog.Logger
 }
 
@@ -39,8 +37,7 @@ type Store struct {
 
 	idx atomic.Pointer[index] // current certificates; never nil after Load
 
-	mu    sync.Mutex       // serialises loads, so the newest read always lands last
-	stats []filewatch.Stat // guarded by mu; files as of the last load attempt
+	mu sync.Mutex // serialises loads, so the newest read always lands last
 }
 
 // Load reads and parses every pair in o.Pairs. Errors name the files, one
@@ -133,13 +130,8 @@ func (s *Store) getCertificate(hello *stdtls.ClientHelloInfo) (*stdtls.Certifica
 	return s.idx.Load().lookup(hello.ServerName), nil
 }
 
-// loadLocked reads all pairs and builds an index. It records the files'
-// stats in s.stats whether or not loading succeeds, so a watcher retries
-// only after a file changes again. s.mu must be held.
+// loadLocked reads all pairs and builds an index. s.mu must be held.
 func (s *Store) loadLocked() (*index, error) {
-	// Stat before reading: a change that lands between the two then shows
-	// up as a difference on the next check instead of being missed.
-	s.stats = filewatch.StatFiles(s.files(), s.stats[:0])
 	certs := make([]*stdtls.Certificate, 0, len(s.pairs))
 	var errs []error
 	for _, p := range s.pairs {

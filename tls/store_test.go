@@ -212,7 +212,7 @@ func TestReload(t *testing.T) {
 	defer old.Close()
 	echoByte(t, old, 'a')
 
-	// Overwrite in place, as opposed to the rename in the watch tests.
+	// Overwrite in place, as opposed to a rename.
 	certPEM, keyPEM := genCert(t, "v2", "a.example.com", "b.example.com")
 	writeFile(t, p.CertFile, certPEM)
 	writeFile(t, p.KeyFile, keyPEM)

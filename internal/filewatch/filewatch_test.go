@@ -1,9 +1,13 @@
 package filewatch
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -107,4 +111,124 @@ func TestDirs(t *testing.T) {
 	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("Dirs = %q, want %q", got, want)
 	}
+}
+
+// syncBuffer is a log destination safe for the watch goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// changeCounter runs Watch on files, counting the checks that found a
+// file changed since the previous one (the caller's job in real use).
+func changeCounter(t *testing.T, files []string, o Options) *atomic.Int64 {
+	t.Helper()
+	var mu sync.Mutex
+	last := StatFiles(files, nil)
+	var changes atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		Watch(ctx, func() []string { return files }, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if Changed(last, files) {
+				last = StatFiles(files, last[:0])
+				changes.Add(1)
+			}
+		}, o)
+	})
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	return &changes
+}
+
+// TestWatchSymlinkSwap: the Kubernetes layout (file -> ..data/file,
+// ..data -> ..vN) is followed through two swaps, each deleting the old
+// target directory, and an in-place write to the current target is seen
+// too, all without falling back to polling on Linux.
+func TestWatchSymlinkSwap(t *testing.T) {
+	dir := t.TempDir()
+	version := func(name, content string) {
+		t.Helper()
+		d := filepath.Join(dir, name)
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "config.yaml"), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	symlink := func(target, name string) {
+		t.Helper()
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	swap := func(from, to string) {
+		t.Helper()
+		symlink(to, "..data_tmp")
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(filepath.Join(dir, from)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", "v1")
+	symlink("..v1", "..data")
+	symlink("..data/config.yaml", "config.yaml")
+
+	logs := &syncBuffer{}
+	changes := changeCounter(t, []string{filepath.Join(dir, "config.yaml")},
+		Options{Debounce: 10 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+
+	version("..v2", "v2 longer")
+	swap("..v1", "..v2")
+	waitFor(t, "the first swap", func() bool { return changes.Load() >= 1 })
+	version("..v3", "v3 longer still")
+	swap("..v2", "..v3")
+	waitFor(t, "the second swap", func() bool { return changes.Load() >= 2 })
+	n := changes.Load()
+	if err := os.WriteFile(filepath.Join(dir, "..v3", "config.yaml"), []byte("v4, written in place"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the in-place write", func() bool { return changes.Load() > n })
+
+	if out := logs.String(); runtime.GOOS == "linux" && strings.Contains(out, "polling") {
+		t.Errorf("Watch fell back to polling on Linux:\n%s", out)
+	}
+}
+
+// TestWatchFallback: when a directory cannot be watched (it is gone when
+// Watch starts), Watch logs that it polls, and polling sees the file come
+// back.
+func TestWatchFallback(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "conf")
+	f := filepath.Join(dir, "config.yaml")
+	logs := &syncBuffer{}
+	changes := changeCounter(t, []string{f},
+		Options{Poll: 10 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	waitFor(t, "the fallback to polling", func() bool { return strings.Contains(logs.String(), "polling files") })
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f, []byte("back"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a poll that sees the file", func() bool { return changes.Load() >= 1 })
 }
