@@ -688,8 +688,11 @@ func TestRelayIdleTimeout(t *testing.T) {
 	p := startProxy(t, r)
 
 	t.Run("silent", func(t *testing.T) {
-		c, _ := dialWS(t, p.addr, "/", nil)
+		// From before the dial: the session's idle clock starts when its
+		// relay does, which may be before dialWS returns on a busy
+		// machine (CI saw 299.5ms measured from after it).
 		start := time.Now()
+		c, _ := dialWS(t, p.addr, "/", nil)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		err := readUntilError(c)
 		elapsed := time.Since(start)
