@@ -17,6 +17,7 @@ import (
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 
+	"github.com/wsgate/wsgate/internal/netpoll"
 	"github.com/wsgate/wsgate/upstream"
 )
 
@@ -646,15 +647,15 @@ func TestIdleConnStaleCheck(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if !rawSockets && tc.closed {
+			if !netpoll.Supported && tc.closed {
 				t.Skip("the check is made on Linux only")
 			}
 			ours, peer := tcpPair(t)
-			c := &idleConn{Conn: newRawTCPConn(ours), timeout: time.Minute, lastRead: time.Now().Add(-tc.idle)}
+			c := &idleConn{Conn: netpoll.NewTCPConn(ours), timeout: time.Minute, lastRead: time.Now().Add(-tc.idle)}
 			if tc.closed {
 				peer.Close()
 				// The FIN has arrived once a read would see it.
-				waitFor(t, "the peer's FIN", hangGuard, func() bool { return peerGone(c.Conn) })
+				waitFor(t, "the peer's FIN", hangGuard, func() bool { return netpoll.PeerGone(c.Conn) })
 			}
 			_, err := c.Write([]byte(tc.line))
 			if got := errors.Is(err, errStaleConn); got != tc.wantErr {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/wsgate/wsgate/internal/netpoll"
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
 )
@@ -56,7 +57,7 @@ func newHostClient(t *upstream.Target) any {
 			if err != nil {
 				return nil, &dialError{err}
 			}
-			conn := newRawTCPConn(c)
+			conn := netpoll.NewTCPConn(c)
 			if tlsConfig == nil {
 				return &idleConn{Conn: conn, timeout: up.ResponseTimeout}, nil
 			}
@@ -244,7 +245,7 @@ func (c *idleConn) Write(p []byte) (int, error) {
 	if !c.writing {
 		// The first write of a request: it starts with the request line.
 		c.writing = true
-		if !c.lastRead.IsZero() && (!idempotentLine(p) || now.Sub(c.lastRead) >= idempotentCheckAfter) && peerGone(c.Conn) {
+		if !c.lastRead.IsZero() && (!idempotentLine(p) || now.Sub(c.lastRead) >= idempotentCheckAfter) && netpoll.PeerGone(c.Conn) {
 			return 0, errStaleConn // nothing written
 		}
 	}

@@ -3,11 +3,12 @@ package proxy
 import (
 	"bufio"
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/wsgate/wsgate/internal/netpoll"
 )
 
 // readBufferSize is a leg's read buffer. A frame that fits in it (header
@@ -136,22 +137,7 @@ func (b *frameReader) readInto(p []byte, pooled bool) (int, error) {
 	err := b.raw.Read(b.onReadable)
 	n, rerr := b.rn, b.rerr
 	b.rp, b.rn, b.rerr = nil, 0, nil
-	return readResult(err, n, rerr)
-}
-
-// readResult turns the outcome of a RawConn.Read (err) whose callback read
-// n bytes or failed with rerr into what an io.Reader returns: a read of 0
-// bytes is the end of the stream.
-func readResult(err error, n int, rerr error) (int, error) {
-	switch {
-	case err != nil:
-		return 0, err
-	case rerr != nil:
-		return 0, rerr
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
+	return netpoll.ReadResult(err, n, rerr)
 }
 
 // readable is RawConn.Read's callback: one non-blocking read(2) into rp.
@@ -162,7 +148,7 @@ func (b *frameReader) readable(fd uintptr) bool {
 		b.acquire()
 		b.rp = (*b.bp)[b.w:]
 	}
-	b.rn, b.rerr = rawIO(sysRead, fd, b.rp)
+	b.rn, b.rerr = netpoll.Recv(fd, b.rp)
 	switch b.rerr {
 	case syscall.EAGAIN:
 		if b.rpooled && b.r == b.w {
@@ -203,7 +189,7 @@ func (b *frameReader) readNow() (int, error) {
 }
 
 func (b *frameReader) readNowFd(fd uintptr) {
-	b.rn, b.rerr = rawIO(sysRead, fd, b.rp)
+	b.rn, b.rerr = netpoll.Recv(fd, b.rp)
 }
 
 // Peek returns the next n bytes without consuming them, waiting until
@@ -264,7 +250,7 @@ func (b *frameReader) release() { b.releaseIfEmpty() }
 // it (fasthttp's buffer, or the handshake reader's) that come first.
 func newLeg(conn net.Conn, early []byte, backend bool) *leg {
 	var raw syscall.RawConn
-	if tc, ok := tcpConn(conn); ok && rawSockets {
+	if tc, ok := netpoll.TCPConn(conn); ok && netpoll.Supported {
 		if rc, err := tc.SyscallConn(); err == nil {
 			// The leg does raw I/O itself (see write): it keeps the
 			// bare TCPConn, not a rawTCPConn and its per-call state.
@@ -282,12 +268,7 @@ func newLeg(conn net.Conn, early []byte, backend bool) *leg {
 // syscall.EAGAIN or no error, when the socket buffer is full. Write
 // deadlines do not apply. l.mu held.
 func (l *leg) writeNow(p []byte) (int, error) {
-	l.rw.p = p
-	if l.onWriteNow == nil {
-		l.onWriteNow = func(fd uintptr) { l.rw.writeFd(fd) }
-	}
-	err := l.raw.Control(l.onWriteNow)
-	return l.rw.done(err)
+	return l.rw.WriteNow(l.raw, p)
 }
 
 // write writes all of p to l, within the write deadline set on conn: on
@@ -298,59 +279,8 @@ func (l *leg) write(p []byte) (int, error) {
 	if l.raw == nil {
 		return l.conn.Write(p)
 	}
-	return l.rw.write(l.raw, p)
+	return l.rw.Write(l.raw, p)
 }
-
-// rawWriter is the state of one write through a RawConn with raw
-// write(2) calls (see rawIO), shared with its callback so that a write
-// allocates nothing. Used by legs and rawTCPConn; one write at a time.
-type rawWriter struct {
-	p       []byte
-	n       int
-	err     error
-	onWrite func(fd uintptr) bool // w.writeFd, bound on first use
-}
-
-// write writes all of p, waiting through the runtime's poller (and within
-// the connection's write deadline) while the socket is full.
-func (w *rawWriter) write(rc syscall.RawConn, p []byte) (int, error) {
-	w.p = p
-	if w.onWrite == nil {
-		w.onWrite = w.writeFd
-	}
-	return w.done(rc.Write(w.onWrite))
-}
-
-// done returns the result of the write that ended with err and resets w.
-func (w *rawWriter) done(err error) (int, error) {
-	n := w.n
-	if err == nil {
-		err = w.err
-	}
-	w.p, w.n, w.err = nil, 0, nil
-	return n, err
-}
-
-// writeFd writes what is left of p until it is all written, the socket is
-// full (it reports false: wait for writability) or an error.
-func (w *rawWriter) writeFd(fd uintptr) bool {
-	for w.n < len(w.p) {
-		n, err := rawIO(sysWrite, fd, w.p[w.n:min(len(w.p), w.n+maxRawWrite)])
-		if err == syscall.EAGAIN {
-			return false
-		}
-		if err != nil {
-			w.err = err
-			return true
-		}
-		w.n += n
-	}
-	return true
-}
-
-// maxRawWrite bounds one raw write(2): the runtime does not know a raw
-// system call is running, so none may take long (see rawIO).
-const maxRawWrite = 256 << 10
 
 // unwrapHijacked returns the connection under fasthttp's hijacked conn and
 // the bytes fasthttp had already read past the request (a client may send

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wsgate/wsgate/internal/netpoll"
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
 )
@@ -59,8 +60,7 @@ type leg struct {
 	masked bool
 
 	// State of one write or writeNow call on a plain TCP leg.
-	rw         rawWriter
-	onWriteNow func(fd uintptr) // l.rw.writeFd for RawConn.Control, bound on first use
+	rw netpoll.Writer
 
 	mu sync.Mutex // guards writes to conn and the fields below
 	// closeSent: a close frame is out (or reserved, see reserveClose),
@@ -138,7 +138,7 @@ func keepAlive(c net.Conn) {
 	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
 		c = nc.NetConn() // *tls.Conn
 	}
-	if tc, ok := tcpConn(c); ok {
+	if tc, ok := netpoll.TCPConn(c); ok {
 		_ = tc.SetKeepAliveConfig(clientKeepAlive)
 	}
 }

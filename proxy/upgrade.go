@@ -19,6 +19,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/wsgate/wsgate/internal/netpoll"
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
 )
@@ -295,7 +296,7 @@ func dialTarget(bctx context.Context, up *upstream.Config, t *upstream.Target) (
 	if err != nil {
 		return nil, err
 	}
-	conn = newRawTCPConn(conn)
+	conn = netpoll.NewTCPConn(conn)
 	if !t.TLS() {
 		return conn, nil
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/internal/netpoll"
 	"github.com/wsgate/wsgate/proxy"
 	wstls "github.com/wsgate/wsgate/tls"
 )
@@ -149,7 +150,7 @@ func (l *listener) generation(lc config.Listener) (*onceCloseListener, error) {
 		return nil, fmt.Errorf("listener %q: duplicate socket: %w", lc.Addr, err)
 	}
 	if lc.Builtin == "" {
-		ln = proxy.Listener(ln) // raw socket I/O on Linux
+		ln = netpoll.Listener(ln) // raw socket I/O on Linux
 	}
 	if lc.TLS != nil {
 		ln = stdtls.NewListener(ln, &stdtls.Config{

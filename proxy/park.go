@@ -2,14 +2,14 @@ package proxy
 
 import (
 	"fmt"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
+
+	"github.com/wsgate/wsgate/internal/netpoll"
 )
 
 // parkAfter is how long a leg may sit idle in its pump goroutine before
@@ -26,13 +26,10 @@ const sweepEvery = time.Second
 // than this, so the sweep always returns it in time.
 const parkMargin = 2 * sweepEvery
 
-// epollET is EPOLLET as a uint32 (the syscall package's constant is negative).
-const epollET = 1 << 31
-
 // parking reports whether idle legs can be parked on this platform.
-const parking = true
+const parking = netpoll.Supported
 
-// poller waits for many legs in one epoll instance and one goroutine. A
+// poller waits for many legs in one netpoll.Poller and one goroutine. A
 // parked leg has no goroutine and no read buffer: it is one 32-byte slot.
 //
 // When both legs of a session are plain TCP, the poller also relays: on
@@ -44,18 +41,11 @@ const parking = true
 // read, a write that would block — hands the leg to a pump goroutine,
 // which parks it again once it has been idle for parkAfter.
 //
-// The epoll descriptor is itself waited for by Go's network poller, so
-// a poller never blocks a thread in epoll_wait. There is one poller per
-// GOMAXPROCS; sessions are spread over them. Pollers live as long as the
-// process, like the runtime's own network poller.
+// There is one poller per GOMAXPROCS; sessions are spread over them.
+// Pollers live as long as the process, like the runtime's own network
+// poller.
 type poller struct {
-	epfd int
-	rc   syscall.RawConn // epfd, waited for by the runtime's poller
-	file *os.File        // keeps epfd open; its read deadline paces the sweep
-
-	events   [128]syscall.EpollEvent // filled by readEvents
-	n        int
-	onEvents func(fd uintptr) bool // p.readEvents, bound once
+	np *netpoll.Poller
 
 	mu    sync.Mutex
 	slots parkSlots // guarded by mu
@@ -169,7 +159,7 @@ func pickPoller() *poller {
 			pollers = append(pollers, p)
 		}
 		for _, p := range pollers {
-			go p.loop()
+			go p.np.Run(sweepEvery, p.dispatch, p.sweep)
 		}
 	})
 	if len(pollers) == 0 {
@@ -179,28 +169,11 @@ func pickPoller() *poller {
 }
 
 func newPoller() (*poller, error) {
-	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	np, err := netpoll.New()
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.SetNonblock(fd, true); err != nil {
-		_ = syscall.Close(fd)
-		return nil, err
-	}
-	// A non-blocking descriptor given to os.NewFile joins the runtime's
-	// poller; SetReadDeadline fails if it could not.
-	f := os.NewFile(uintptr(fd), "wsgate-epoll")
-	rc, err := f.SyscallConn()
-	if err == nil {
-		err = f.SetReadDeadline(time.Now().Add(sweepEvery))
-	}
-	if err != nil {
-		_ = f.Close()
-		return nil, err
-	}
-	p := &poller{epfd: fd, rc: rc, file: f}
-	p.onEvents = p.readEvents
-	return p, nil
+	return &poller{np: np}, nil
 }
 
 // park registers src with the session's poller and reports whether it
@@ -216,26 +189,9 @@ func (s *session) park(src, dst *leg) bool {
 	p.mu.Lock()
 	id := p.slots.add(parkedPump{s: s, src: src, dst: dst, relay: relay})
 	p.mu.Unlock()
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
-	if relay {
-		ev.Events = syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET
-	}
-	ev.Fd, ev.Pad = int32(uint32(id)), int32(uint32(id>>32))
-	var ctlErr error
-	// Control pins the descriptor, so it cannot be closed and reused by
-	// another connection while it is being registered. A registration
-	// left from an earlier park (disarmed by ONESHOT) is modified; one
-	// removed by handOff is added again. Either way epoll reports data
-	// that is already waiting.
-	err := src.raw.Control(func(fd uintptr) {
-		ctlErr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
-		if ctlErr == syscall.ENOENT {
-			ctlErr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
-		}
-	})
-	if err == nil {
-		err = ctlErr
-	}
+	// The poller pins the descriptor while it registers it, so it
+	// cannot be closed and reused by another connection meanwhile.
+	err := p.np.Arm(src.raw, id, relay)
 	if err != nil {
 		// Closed, or epoll refused: keep the pump on its goroutine.
 		p.mu.Lock()
@@ -291,59 +247,9 @@ func unparkLeg(l *leg) {
 func (p *poller) handOff(pp parkedPump) {
 	pp.s.h.handOffs.Add(1)
 	if pp.relay {
-		_ = pp.src.raw.Control(func(fd uintptr) {
-			_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
-		})
+		p.np.Disarm(pp.src.raw)
 	}
 	go pp.s.pumpLoop(pp.src, pp.dst)
-}
-
-func (p *poller) loop() {
-	sweepAt := time.Now().Add(sweepEvery)
-	for {
-		err := p.rc.Read(p.onEvents)
-		now := time.Now()
-		if err != nil && !isTimeout(err) {
-			// Unreachable in practice: the descriptor is never closed.
-			// Keep sweeping so parked legs still meet their deadlines.
-			p.n = 0
-			_ = p.file.SetReadDeadline(now.Add(sweepEvery))
-			time.Sleep(sweepEvery)
-		}
-		for i := range p.n {
-			ev := &p.events[i]
-			// The peer's FIN (or an error) may come in the same event
-			// as its last data; with edge-triggered events it is
-			// reported only once, so such a leg goes to its goroutine
-			// after the data, which reads the end.
-			end := ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0
-			p.dispatch(uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32, end, now)
-		}
-		p.n = 0
-		if !now.Before(sweepAt) {
-			p.sweep(now)
-			sweepAt = now.Add(sweepEvery)
-			_ = p.file.SetReadDeadline(sweepAt)
-		}
-	}
-}
-
-// readEvents is the RawConn.Read callback: it takes the ready events
-// without waiting, or reports that there are none yet.
-func (p *poller) readEvents(fd uintptr) bool {
-	for {
-		// A raw call: with a zero timeout it cannot block (see rawIO).
-		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd,
-			uintptr(unsafe.Pointer(&p.events[0])), uintptr(len(p.events)), 0, 0, 0)
-		if e == syscall.EINTR {
-			continue
-		}
-		if e != 0 || n == 0 {
-			return false
-		}
-		p.n = int(n)
-		return true
-	}
 }
 
 // dispatch handles an event for the leg parked under id, if it is still

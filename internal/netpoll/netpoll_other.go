@@ -1,0 +1,50 @@
+//go:build !linux
+
+package netpoll
+
+import (
+	"errors"
+	"net"
+	"syscall"
+	"time"
+)
+
+// Supported: off Linux there is no poller and no raw socket I/O; legs
+// read and write through their net.Conn and wait on their goroutines.
+const Supported = false
+
+var errUnsupported = errors.New("netpoll: not supported on this platform")
+
+// Recv fails: raw socket I/O is used on Linux only.
+func Recv(fd uintptr, p []byte) (int, error) { return 0, errUnsupported }
+
+// Send fails: raw socket I/O is used on Linux only.
+func Send(fd uintptr, p []byte) (int, error) { return 0, errUnsupported }
+
+// NewTCPConn returns c: raw socket I/O is used on Linux only.
+func NewTCPConn(c net.Conn) net.Conn { return c }
+
+// TCPConn returns the *net.TCPConn under c, if there is one.
+func TCPConn(c net.Conn) (*net.TCPConn, bool) {
+	tc, ok := c.(*net.TCPConn)
+	return tc, ok
+}
+
+// PeerGone reports the connection alive: the check is made on Linux only.
+func PeerGone(net.Conn) bool { return false }
+
+// Poller does not exist here: New fails.
+type Poller struct{}
+
+// New fails: there is no poller on this platform.
+func New() (*Poller, error) { return nil, errUnsupported }
+
+// Arm fails: there is no poller on this platform.
+func (p *Poller) Arm(src syscall.RawConn, id uint64, edge bool) error { return errUnsupported }
+
+// Disarm does nothing: there is no poller on this platform.
+func (p *Poller) Disarm(src syscall.RawConn) {}
+
+// Run returns at once: there is no poller on this platform.
+func (p *Poller) Run(tick time.Duration, onEvent func(id uint64, end bool, now time.Time), onTick func(now time.Time)) {
+}
