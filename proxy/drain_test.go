@@ -124,11 +124,7 @@ func upgradeStatus(t testing.TB, addr string) int {
 }
 
 // isDraining reports whether Drain has started on h.
-func isDraining(h *Handler) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.draining
-}
+func isDraining(h *Handler) bool { return h.reg.Draining() }
 
 // TestDrain: Drain sends 1001 "going away" to both legs of every session,
 // waits for the close handshakes and returns nil; afterwards upgrades are
@@ -236,35 +232,6 @@ func TestDrainForced(t *testing.T) {
 	}
 }
 
-// TestSessionCutBeforeStart: when Drain cuts a session whose hijack
-// handler has not run yet (only the backend connection exists), the
-// client connection handed over later must be closed at once too:
-// nothing else would close it (KeepHijackedConns).
-func TestSessionCutBeforeStart(t *testing.T) {
-	s, clientPeer, backendPeer := testSession(t)
-	clientConn := s.client.conn
-	s.client = nil              // run sets it
-	s.h.closeWait = time.Minute // no close budget can end it within hangGuard
-	s.closeConns()              // what forceClose does
-	if _, err := backendPeer.Read(make([]byte, 1)); err == nil {
-		t.Fatal("backend connection still open after closeConns")
-	}
-	ran := make(chan struct{})
-	go func() {
-		defer close(ran)
-		s.run(clientConn, nil)
-	}()
-	select {
-	case <-ran:
-	case <-time.After(hangGuard):
-		t.Fatal("run did not return at once on a cut session")
-	}
-	clientPeer.SetReadDeadline(time.Now().Add(hangGuard))
-	if n, err := io.Copy(io.Discard, clientPeer); err != nil || n != 0 {
-		t.Errorf("client connection: %d bytes then %v; want EOF at once", n, err)
-	}
-}
-
 // TestDrainWaitsForFrameInFlight: a close is only ever injected between
 // frames. Drain during a large frame that the backend is still sending
 // delivers the whole frame to the client, then close 1001.
@@ -298,18 +265,14 @@ func TestDrainWaitsForFrameInFlight(t *testing.T) {
 	if _, err := io.ReadFull(w.br, head); err != nil {
 		t.Fatal(err)
 	}
-	var s *session
-	p.h.mu.Lock()
-	for s = range p.h.sessions {
-	}
-	p.h.mu.Unlock()
+	s := p.h.reg.List()[0]
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	drained := make(chan error, 1)
 	go func() { drained <- drainErr(p.h, ctx) }()
 	// closeBoth starts the closing, then waits for the frame to finish.
-	waitFor(t, "Drain to reach the session", 5*time.Second, func() bool { return s.closeBy.Load() != 0 })
+	waitFor(t, "Drain to reach the session", 5*time.Second, func() bool { return s.Closing() })
 	close(rest)
 
 	tail := make([]byte, len(frame)-len(head))

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
+	"github.com/wsgate/wsgate/wsrelay"
 )
 
 // Options configures a [Handler].
@@ -57,30 +56,15 @@ type Handler struct {
 	log       *slog.Logger
 	closeWait time.Duration // the close-handshake budget (see closeWait)
 
-	mu        sync.Mutex
-	sessions  map[*session]struct{} // guarded by mu
-	upgrading int                   // guarded by mu: handshakes in progress
-	draining  bool                  // guarded by mu
-	drained   int                   // guarded by mu: sessions the drain closes, counted as they come
-	changed   chan struct{}         // guarded by mu: closed when the two above shrink
+	// reg holds the WebSocket sessions.
+	reg *wsrelay.Registry
 
-	// stopSchedules is closed when the shutdown drain starts: reloads'
-	// close schedules stop. Guarded by mu.
-	stopSchedules chan struct{}
-	// reloadDrain is the drain window of the last Reload. Guarded by mu.
-	reloadDrain time.Duration
-	// hurry is closed by Hurry: the drain sends every close left now.
-	hurry     chan struct{}
-	hurryOnce sync.Once
-	// schedules are the goroutines of close schedules (see schedule).
-	schedules sync.WaitGroup
+	// reloadDrain is the drain window of the last Reload (unix
+	// nanoseconds as a duration).
+	reloadDrain atomic.Int64
 
 	// ready is what a readiness probe answers (see SetReady).
 	ready atomic.Bool
-
-	// handOffs counts WebSocket legs the poller gave back to a pump
-	// goroutine (see poller.handOff): low while the poller relays.
-	handOffs atomic.Int64
 }
 
 // snapshot is what one config gives the request path. It is immutable:
@@ -94,6 +78,8 @@ type snapshot struct {
 	byName  map[string]*upstream.Set
 	statics map[*routes.Route]fasthttp.RequestHandler
 	byID    map[string]*routes.Route // routes by ID, for Reload
+	// relay is what the sessions of each WebSocket route share.
+	relay map[*routes.Route]*wsrelay.Route
 }
 
 // newSnapshot compiles the swappable part of o. It panics when a route
@@ -108,6 +94,7 @@ func newSnapshot(o *Options) *snapshot {
 		byName:  make(map[string]*upstream.Set, len(o.Upstreams)),
 		statics: map[*routes.Route]fasthttp.RequestHandler{},
 		byID:    map[string]*routes.Route{},
+		relay:   map[*routes.Route]*wsrelay.Route{},
 	}
 	if sn.write <= 0 {
 		sn.write = 60 * time.Second
@@ -130,6 +117,9 @@ func newSnapshot(o *Options) *snapshot {
 		if r.Static != nil {
 			sn.statics[r] = newStatic(r)
 		}
+		if r.Upstream != nil && r.WebSocket.Enabled {
+			sn.relay[r] = &wsrelay.Route{Name: r.Name, Upstream: r.Upstream.Name}
+		}
 	}
 	return sn
 }
@@ -140,18 +130,14 @@ func New(o Options) *Handler {
 		accessLog: o.AccessLog,
 		log:       o.Logger,
 		closeWait: o.closeWait,
-		sessions:  map[*session]struct{}{},
-		changed:   make(chan struct{}),
-
-		stopSchedules: make(chan struct{}),
-		hurry:         make(chan struct{}),
 	}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
 	if h.closeWait <= 0 {
-		h.closeWait = closeWait
+		h.closeWait = 5 * time.Second
 	}
+	h.reg = wsrelay.NewRegistry(wsrelay.Options{Logger: h.log, CloseWait: h.closeWait})
 	h.cur.Store(newSnapshot(&o))
 	return h
 }
@@ -367,65 +353,10 @@ func (h *Handler) SetReady(ready bool) { h.ready.Store(ready) }
 func (h *Handler) Ready() bool { return h.ready.Load() }
 
 // Sessions returns the number of live WebSocket sessions.
-func (h *Handler) Sessions() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.sessions)
-}
+func (h *Handler) Sessions() int { return h.reg.Len() }
 
-// beginUpgrade counts a handshake in progress; it fails while draining.
-func (h *Handler) beginUpgrade() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.draining {
-		return false
-	}
-	h.upgrading++
-	return true
-}
-
-// endUpgrade ends a handshake; s is the session it produced, or nil.
-func (h *Handler) endUpgrade(s *session) {
-	h.mu.Lock()
-	h.upgrading--
-	draining := h.draining
-	if s != nil {
-		h.sessions[s] = struct{}{}
-		if draining {
-			h.drained++
-			s.goAway() // not started yet: run sends the 1001
-		}
-	}
-	h.signalLocked()
-	h.mu.Unlock()
-	if s != nil && !draining {
-		h.recheck(s)
-	}
-}
-
-// removeSession ends s's registration and its hold on its target. A
-// session is removed once, however it ends (its last pump, a cut before
-// it started, or the abandon timer); a second call does nothing.
-func (h *Handler) removeSession(s *session) {
-	if !s.removed.CompareAndSwap(false, true) {
-		return
-	}
-	if s.target != nil {
-		s.target.SessionClosed()
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.sessions, s)
-	h.signalLocked()
-}
-
-func (h *Handler) signalLocked() {
-	if h.changed == nil {
-		return // a Handler built without New (tests)
-	}
-	close(h.changed)
-	h.changed = make(chan struct{})
-}
+// Registry returns the registry of the handler's WebSocket sessions.
+func (h *Handler) Registry() *wsrelay.Registry { return h.reg }
 
 // Drain refuses new WebSocket upgrades, sends close 1001 "going away" to
 // both legs of every session, each at a random moment within spread (0:
@@ -436,84 +367,12 @@ func (h *Handler) signalLocked() {
 // Shutdown ignores hijacked connections, which is why this exists; run
 // both side by side.
 func (h *Handler) Drain(ctx context.Context, spread time.Duration) (DrainResult, error) {
-	h.mu.Lock()
-	if !h.draining {
-		h.draining = true
-		close(h.stopSchedules)
-	}
-	h.drained = len(h.sessions)
-	now := time.Now()
-	due := make([]scheduledClose, 0, len(h.sessions))
-	for s := range h.sessions {
-		at := now
-		if spread > 0 {
-			at = now.Add(time.Duration(rand.Int64N(int64(spread))))
-		}
-		due = append(due, scheduledClose{s: s, at: at, code: closeGoingAway, reason: "going away"})
-	}
-	h.mu.Unlock()
-
-	stop := make(chan struct{})
-	h.schedule(due, stop, h.hurry)
-	defer func() {
-		close(stop)
-		h.schedules.Wait()
-	}()
-	for {
-		h.mu.Lock()
-		n := len(h.sessions) + h.upgrading
-		ch := h.changed
-		h.mu.Unlock()
-		if n == 0 {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			return DrainResult{Closed: h.drained}, nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			h.mu.Lock()
-			cut := len(h.sessions)
-			total := h.drained
-			h.mu.Unlock()
-			h.forceClose()
-			return DrainResult{Closed: total - cut, Cut: cut}, ctx.Err()
-		}
-	}
+	return h.reg.Drain(ctx, spread)
 }
 
 // DrainResult counts how the sessions of a drain ended.
-type DrainResult struct {
-	// Closed sessions ended within the budget, after their close.
-	Closed int
-	// Cut sessions were still open at the end of the budget: their
-	// connections were closed without a close handshake.
-	Cut int
-}
+type DrainResult = wsrelay.DrainResult
 
 // Hurry makes a drain in progress (or one that starts later) send every
 // close it has left at once: a second shutdown signal.
-func (h *Handler) Hurry() { h.hurryOnce.Do(func() { close(h.hurry) }) }
-
-// forceClose cuts every session's connections and waits for the sessions
-// to end (they do at once: their pumps fail on the closed connections).
-func (h *Handler) forceClose() {
-	for {
-		h.mu.Lock()
-		n := len(h.sessions)
-		ch := h.changed
-		for s := range h.sessions {
-			s.closeConns()
-		}
-		h.mu.Unlock()
-		if n == 0 {
-			return
-		}
-		select {
-		case <-ch:
-		case <-time.After(h.closeWait):
-			h.log.Warn("sessions did not end after their connections were closed", "sessions", n)
-			return
-		}
-	}
-}
+func (h *Handler) Hurry() { h.reg.Hurry() }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/wsgate/wsgate/internal/bufpool"
 	"github.com/wsgate/wsgate/internal/netpoll"
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
@@ -758,8 +759,8 @@ func copyBody(w io.Writer, r io.Reader) (int64, error) { return copyBodyKeep(w, 
 // copyBodyKeep is copyBody that, when a write fails with errStaleConn
 // (nothing was sent), keeps the chunk in keep.pending.
 func copyBodyKeep(w io.Writer, r io.Reader, keep *requestBody) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	bp := bufpool.Get()
+	defer bufpool.Put(bp)
 	buf := *bp
 	var written int64
 	for {

@@ -3,11 +3,11 @@ package proxy
 import (
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
+	"github.com/wsgate/wsgate/wsrelay"
 )
 
 // ReloadResult counts what a reload did to the open WebSocket sessions.
@@ -44,34 +44,22 @@ func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 	sn := newSnapshot(&o)
 	prev := h.cur.Swap(sn)
 
-	h.mu.Lock()
-	if h.draining {
-		h.mu.Unlock()
+	if h.reg.Draining() {
 		return ReloadResult{}
 	}
-	h.reloadDrain = drain
-	stop := h.stopSchedules
-	list := make([]*session, 0, len(h.sessions))
-	for s := range h.sessions {
-		list = append(list, s)
-	}
-	h.mu.Unlock()
-
+	h.reloadDrain.Store(int64(drain))
 	var res ReloadResult
-	due := h.decide(sn, prev, list, drain, time.Now(), &res)
-	if len(due) > 0 {
-		h.schedule(due, stop, nil)
-	}
+	h.reg.Schedule(h.decide(sn, prev, h.reg.List(), drain, time.Now(), &res))
 	return res
 }
 
 // decide returns the closes a reload to sn schedules for the sessions of
 // list, and counts every decision in res.
-func (h *Handler) decide(sn, prev *snapshot, list []*session, drain time.Duration, now time.Time, res *ReloadResult) []scheduledClose {
+func (h *Handler) decide(sn, prev *snapshot, list []*wsrelay.Session, drain time.Duration, now time.Time, res *ReloadResult) []wsrelay.ScheduledClose {
 	urls := map[*upstream.Set]map[string]bool{}
-	var due []scheduledClose
+	var due []wsrelay.ScheduledClose
 	for _, s := range list {
-		if s.scheduled.Load() {
+		if s.Decided() {
 			continue // an earlier reload already decided
 		}
 		action, r, affected := sn.fate(s, prev, urls)
@@ -94,10 +82,10 @@ func (h *Handler) decide(sn, prev *snapshot, list []*session, drain time.Duratio
 		}
 		code, reason := r.WebSocket.CloseCode, r.WebSocket.CloseReason
 		if code == 0 { // a route built without package config
-			code, reason = closeServiceRestart, "service restart"
+			code, reason = wsrelay.CloseServiceRestart, "service restart"
 		}
-		if s.scheduled.CompareAndSwap(false, true) {
-			due = append(due, scheduledClose{s: s, at: at, code: code, reason: reason})
+		if s.Decide() {
+			due = append(due, wsrelay.ScheduledClose{Session: s, At: at, Code: code, Reason: reason})
 		}
 	}
 	return due
@@ -106,18 +94,13 @@ func (h *Handler) decide(sn, prev *snapshot, list []*session, drain time.Duratio
 // recheck decides the fate of a session whose handshake matched its
 // route in a config that a reload has replaced since: Reload did not see
 // it yet. A session of the current config needs nothing.
-func (h *Handler) recheck(s *session) {
+func (h *Handler) recheck(s *wsrelay.Session) {
 	sn := h.cur.Load()
-	if sn.byID[s.route.ID] == s.route {
+	if r := s.Tag().(*wsTag).route; sn.byID[r.ID] == r {
 		return
 	}
-	h.mu.Lock()
-	drain, stop := h.reloadDrain, h.stopSchedules
-	h.mu.Unlock()
 	var res ReloadResult
-	if due := h.decide(sn, nil, []*session{s}, drain, time.Now(), &res); len(due) > 0 {
-		h.schedule(due, stop, nil)
-	}
+	h.reg.Schedule(h.decide(sn, nil, []*wsrelay.Session{s}, time.Duration(h.reloadDrain.Load()), time.Now(), &res))
 }
 
 // fate returns what a reload from prev (nil: not known) to sn does to
@@ -126,8 +109,9 @@ func (h *Handler) recheck(s *session) {
 // in prev (which a reload that left the session unchanged may have
 // changed since the session started). urls caches each set's target
 // URLs.
-func (sn *snapshot) fate(s *session, prev *snapshot, urls map[*upstream.Set]map[string]bool) (routes.ChangeAction, *routes.Route, bool) {
-	old := s.route
+func (sn *snapshot) fate(s *wsrelay.Session, prev *snapshot, urls map[*upstream.Set]map[string]bool) (routes.ChangeAction, *routes.Route, bool) {
+	tag := s.Tag().(*wsTag)
+	old := tag.route
 	r := sn.byID[old.ID]
 	if r == nil {
 		last := old
@@ -148,7 +132,7 @@ func (sn *snapshot) fate(s *session, prev *snapshot, urls map[*upstream.Set]map[
 		}
 		urls[set] = in
 	}
-	if s.target != nil && !in[s.target.URL] {
+	if tag.target != nil && !in[tag.target.URL] {
 		action, _ := routes.ParseChangeAction(set.Config().OnTargetRemoved)
 		return action, r, true
 	}
@@ -165,44 +149,9 @@ func sameLive(a, b *routes.Route) bool {
 		slices.Equal(a.WebSocket.Origins, b.WebSocket.Origins)
 }
 
-// scheduledClose is one session to close at a moment.
-type scheduledClose struct {
-	s      *session
-	at     time.Time
-	code   uint16
-	reason string
-}
-
-// schedule closes each session of due at its moment, from one goroutine
-// the handler owns, until every close is sent or stop is closed (a
-// reload's schedule stops when the shutdown drain starts: that closes
-// every session itself). Once hurry is closed, every close left is sent
-// at once. Closes run in goroutines of their own: one may wait for a
-// frame in flight to a slow client.
-func (h *Handler) schedule(due []scheduledClose, stop, hurry <-chan struct{}) {
-	slices.SortFunc(due, func(a, b scheduledClose) int { return a.at.Compare(b.at) })
-	h.schedules.Go(func() {
-		var closes sync.WaitGroup
-		defer closes.Wait()
-		timer := time.NewTimer(0)
-		defer timer.Stop()
-		<-timer.C
-		hurried := false
-		for i := 0; i < len(due); {
-			if d := time.Until(due[i].at); d > 0 && !hurried {
-				timer.Reset(d)
-				select {
-				case <-timer.C:
-				case <-hurry:
-					hurried = true
-				case <-stop:
-					return
-				}
-				continue
-			}
-			c := due[i]
-			i++
-			closes.Go(func() { c.s.closeClient(c.code, c.reason) })
-		}
-	})
+// wsTag is what the proxy attaches to each session: what a reload
+// judges it by.
+type wsTag struct {
+	route  *routes.Route
+	target *upstream.Target
 }

@@ -114,7 +114,7 @@ func checkBackendGoingAway(t testing.TB, errs <-chan error, n int) {
 	t.Helper()
 	for i := range n {
 		err := recvErr(t, "a backend session to end", errs, hangGuard)
-		if code, reason := closeCode(err); code != closeGoingAway || reason != "going away" {
+		if code, reason := closeCode(err); code != websocket.CloseGoingAway || reason != "going away" {
 			t.Errorf("backend session %d ended with %v, want close 1001 %q", i, err, "going away")
 		}
 	}
@@ -370,13 +370,13 @@ func TestReloadKeep(t *testing.T) {
 	if err := fresh.WriteMessage(websocket.TextMessage, []byte(big)); err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := closeOf(fresh, hangGuard); code != closeTooBig {
-		t.Errorf("new session sending %d bytes got close %d, want %d (the new limit of 16)", len(big), code, closeTooBig)
+	if code, _ := closeOf(fresh, hangGuard); code != websocket.CloseMessageTooBig {
+		t.Errorf("new session sending %d bytes got close %d, want %d (the new limit of 16)", len(big), code, websocket.CloseMessageTooBig)
 	}
 	echo(t, c, "still here")
 	// The new session's backend leg ends; the kept one must not.
 	err := recvErr(t, "the new session's backend leg to end", backendErrs, hangGuard)
-	if code, reason := closeCode(err); code != closeGoingAway || reason != "client message too big" {
+	if code, reason := closeCode(err); code != websocket.CloseGoingAway || reason != "client message too big" {
 		t.Errorf("a backend session ended with %v, want only the new session's 1001 %q", err, "client message too big")
 	}
 	echo(t, c, "and still")
@@ -595,7 +595,7 @@ func TestDrainSpread(t *testing.T) {
 	late := 0
 	for range n {
 		g := <-got // Drain returned: every client has its close
-		if g.code != closeGoingAway {
+		if g.code != websocket.CloseGoingAway {
 			t.Errorf("client got close %d, want 1001", g.code)
 		}
 		if g.at.Sub(start) >= spread/10 {
@@ -636,7 +636,7 @@ func TestDrainHurry(t *testing.T) {
 	for i := range n {
 		select {
 		case code := <-codes:
-			if code != closeGoingAway {
+			if code != websocket.CloseGoingAway {
 				t.Errorf("client got close %d, want 1001", code)
 			}
 		case <-time.After(hangGuard):
@@ -685,7 +685,7 @@ func TestReloadDuringDrain(t *testing.T) {
 	}
 	p.h.Hurry()
 	for i, c := range clients {
-		if code, reason := closeOf(c, hangGuard); code != closeGoingAway || reason != "going away" {
+		if code, reason := closeOf(c, hangGuard); code != websocket.CloseGoingAway || reason != "going away" {
 			t.Errorf("client %d got close %d %q, want the drain's 1001 %q", i, code, reason, "going away")
 		}
 	}
@@ -728,7 +728,7 @@ func TestDrainStopsReloadSchedules(t *testing.T) {
 	case <-time.After(hangGuard):
 		t.Fatal("Drain did not return: it waits for the reload's schedule")
 	}
-	if code := <-got; code != closeGoingAway {
+	if code := <-got; code != websocket.CloseGoingAway {
 		t.Errorf("client got close %d, want the drain's 1001", code)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/wsgate/wsgate/internal/netpoll"
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
+	"github.com/wsgate/wsgate/wsrelay"
 )
 
 // isUpgradeAttempt reports whether the request asks for a WebSocket
@@ -99,14 +100,18 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *rout
 		h.logRequest(ctx, r, fasthttp.StatusForbidden, "")
 		return
 	}
-	if !h.beginUpgrade() {
+	if !h.reg.BeginUpgrade() {
 		plainError(ctx, fasthttp.StatusServiceUnavailable, "shutting down")
 		ctx.SetConnectionClose()
 		h.logRequest(ctx, r, fasthttp.StatusServiceUnavailable, "")
 		return
 	}
-	var s *session
-	defer func() { h.endUpgrade(s) }()
+	var s *wsrelay.Session
+	defer func() {
+		if h.reg.EndUpgrade(s) {
+			h.recheck(s)
+		}
+	}()
 
 	timeout := r.WebSocket.HandshakeTimeout
 	if timeout <= 0 {
@@ -151,7 +156,7 @@ type backendHandshake struct {
 // written and read through.
 var (
 	writerPool       = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 2048) }}
-	handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, keptBufferSize) }}
+	handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 )
 
 // errBadHandshake marks a 101 that is not a valid WebSocket acceptance.
@@ -425,7 +430,7 @@ func (b *refusalBody) Close() error {
 // upgradeClient answers the client's handshake with a 101 carrying the
 // backend's choices (subprotocol, extensions, cookies and other end-to-end
 // headers) and hands the connection to a relay session.
-func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, bh *backendHandshake) *session {
+func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, bh *backendHandshake) *wsrelay.Session {
 	_ = bh.conn.SetDeadline(time.Time{})
 	ext := bh.resp.Header.Get("Sec-WebSocket-Extensions")
 	for name, vs := range bh.resp.Header {
@@ -442,18 +447,21 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 	ctx.Response.Header.Set("Sec-WebSocket-Accept", acceptKey(string(ctx.Request.Header.Peek("Sec-WebSocket-Key"))))
 	ctx.Response.Header.SetNoDefaultContentType(true)
 
-	s := &session{
-		h:          h,
-		route:      r,
-		remote:     ctx.RemoteAddr().String(),
-		target:     bh.target,
-		start:      time.Now(),
-		deflate:    ext != "",
-		maxMessage: r.WebSocket.MaxMessageSize,
-		idle:       r.WebSocket.IdleTimeout,
-		write:      sn.write,
-		backend:    newLeg(bh.conn, takeBuffered(bh.br), true),
-	}
+	remote := ctx.RemoteAddr().String()
+	target := bh.target
+	s := h.reg.NewSession(wsrelay.Config{
+		Route:       sn.relay[r],
+		Target:      target.URL,
+		Addr:        target.Addr,
+		Client:      remote,
+		Subprotocol: bh.resp.Header.Get("Sec-WebSocket-Protocol"),
+		Deflate:     ext != "",
+		MaxMessage:  r.WebSocket.MaxMessageSize,
+		Idle:        r.WebSocket.IdleTimeout,
+		Write:       sn.write,
+		OnEnd:       target.SessionClosed,
+		Tag:         &wsTag{route: r, target: target},
+	}, bh.conn, takeBuffered(bh.br))
 	// fasthttp runs the hijack handler after writing the 101; it may skip
 	// it (the write failed, the connection is closing). Then nobody owns
 	// the backend connection, so a timer reclaims it.
@@ -462,8 +470,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 		select {
 		case <-claimed:
 		default:
-			bh.conn.Close()
-			h.removeSession(s)
+			s.Abandon()
 		}
 	})
 	ctx.Hijack(func(c net.Conn) {
@@ -478,10 +485,10 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 		// leaves the connection open), so an idle session holds only what
 		// the relay needs.
 		conn, early := unwrapHijacked(c)
-		go s.run(conn, early) // the session removes itself when it ends
+		go s.Run(conn, early) // the session removes itself when it ends
 	})
 	bh.target.SessionOpened()
-	h.log.Info("websocket opened", "route", r.Name, "client", s.remote, "backend", s.target.Addr,
+	h.log.Info("websocket opened", "session", s.ID(), "route", r.Name, "client", remote, "backend", target.Addr,
 		"subprotocol", bh.resp.Header.Get("Sec-WebSocket-Protocol"), "extensions", ext)
 	return s
 }

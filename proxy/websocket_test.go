@@ -33,9 +33,9 @@ func TestWebSocketEcho(t *testing.T) {
 	}{
 		{websocket.TextMessage, []byte("hello")},
 		{websocket.BinaryMessage, []byte{0, 1, 2, 255}},
-		{websocket.TextMessage, bytes.Repeat([]byte("x"), 70000)},       // 64-bit length, streamed
-		{websocket.BinaryMessage, bytes.Repeat([]byte{7}, 300)},         // 16-bit length
-		{websocket.TextMessage, bytes.Repeat([]byte("y"), 3*chunkSize)}, // several chunks
+		{websocket.TextMessage, bytes.Repeat([]byte("x"), 70000)},    // 64-bit length, streamed
+		{websocket.BinaryMessage, bytes.Repeat([]byte{7}, 300)},      // 16-bit length
+		{websocket.TextMessage, bytes.Repeat([]byte("y"), 3*32<<10)}, // several of the relay's 32 KiB chunks
 	} {
 		if err := c.WriteMessage(m.typ, m.data); err != nil {
 			t.Fatal(err)

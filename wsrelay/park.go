@@ -1,4 +1,4 @@
-package proxy
+package wsrelay
 
 import (
 	"fmt"
@@ -131,7 +131,7 @@ func (ps *parkSlots) removeLeg(l *leg) (parkedPump, bool) {
 }
 
 type parkedPump struct {
-	s        *session
+	s        *Session
 	src, dst *leg
 	// relay: both legs are plain TCP, so the poller relays src's frames
 	// itself (edge-triggered registration); otherwise src is registered
@@ -180,7 +180,7 @@ func newPoller() (*poller, error) {
 // did; the caller's goroutine then returns. The poller relays src's
 // frames itself, or resumes the pump in a new goroutine when src is
 // readable, closed, or due for a deadline.
-func (s *session) park(src, dst *leg) bool {
+func (s *Session) park(src, dst *leg) bool {
 	p := s.pl
 	if p == nil || src.raw == nil || !src.br.idle() {
 		return false
@@ -204,7 +204,7 @@ func (s *session) park(src, dst *leg) bool {
 
 // unpark resumes the session's parked pumps at once (its connections are
 // closing): each fails on its next read and ends.
-func (s *session) unpark() {
+func (s *Session) unpark() {
 	p := s.pl
 	if p == nil {
 		return
@@ -245,7 +245,7 @@ func unparkLeg(l *leg) {
 // edge-triggered events would keep waking the poller while the
 // goroutine reads.
 func (p *poller) handOff(pp parkedPump) {
-	pp.s.h.handOffs.Add(1)
+	pp.s.reg.handOffs.Add(1)
 	if pp.relay {
 		p.np.Disarm(pp.src.raw)
 	}
@@ -289,7 +289,7 @@ func (p *poller) dispatch(id uint64, end bool, now time.Time) {
 func (p *poller) serveSafely(pp parkedPump, now time.Time) (stay bool) {
 	defer func() {
 		if v := recover(); v != nil {
-			pp.s.h.log.Error("panic in websocket relay", "route", pp.s.route.Name, "side", pp.src.side(),
+			pp.s.reg.log.Error("panic in websocket relay", "session", pp.s.ID(), "route", pp.s.route.Name, "side", pp.src.side(),
 				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			pp.s.closeConns()
 			stay = false
@@ -305,7 +305,7 @@ func (p *poller) serveSafely(pp parkedPump, now time.Time) (stay bool) {
 // still in src.br. When dst took only part of the frames, src.pending of
 // those bytes are prepared for dst and dst.mu stays locked for the
 // goroutine to finish the write (see finishPending).
-func (s *session) serve(src, dst *leg, now time.Time) bool {
+func (s *Session) serve(src, dst *leg, now time.Time) bool {
 	br := src.br
 	n, err := br.readNow()
 	if err == syscall.EAGAIN {
@@ -403,7 +403,7 @@ func (p *poller) takeDue(now time.Time) []parkedPump {
 // the session is closing, or its idle deadline is near enough that the
 // sweep's granularity would make it late. Back on its goroutine the pump
 // waits with an exact read deadline (canPark keeps it there).
-func (s *session) due(now time.Time) bool {
+func (s *Session) due(now time.Time) bool {
 	if s.closing() {
 		return true
 	}

@@ -1,4 +1,4 @@
-package proxy
+package wsrelay
 
 import (
 	"context"
@@ -17,13 +17,11 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/internal/netpoll"
-	"github.com/wsgate/wsgate/routes"
-	"github.com/wsgate/wsgate/upstream"
 )
 
 // closeWait bounds each close handshake: after wsgate sends a close frame
 // (or one side ends), the peer has this long to answer before the TCP
-// connections are cut (Handler.closeWait, which tests may raise). It also
+// connections are cut (Options.CloseWait, which tests may raise). It also
 // bounds each write of a control frame.
 const closeWait = 5 * time.Second
 
@@ -88,16 +86,22 @@ func (l *leg) side() string {
 	return "client"
 }
 
-// session is one proxied WebSocket: two legs and two pumps.
-type session struct {
-	h       *Handler
-	route   *routes.Route
-	client  *leg
-	backend *leg
-	remote  string           // client address, for logs
-	target  *upstream.Target // held until the session ends (see Handler.removeSession)
-	start   time.Time
-	pl      *poller // where this session's legs park
+// Session is one proxied WebSocket: two legs and two pumps. Make one
+// with [Registry.NewSession].
+type Session struct {
+	reg         *Registry
+	id          uint64
+	route       *Route
+	client      *leg
+	backend     *leg
+	remote      string // client address, for logs
+	target      string // the backend's URL
+	addr        string // the backend's host:port, for logs
+	subprotocol string
+	onEnd       func() // called once when the session is removed
+	tag         any    // the caller's (see Config.Tag)
+	start       time.Time
+	pl          *poller // where this session's legs park
 
 	deflate    bool // permessage-deflate negotiated: RSV1 allowed on data frames
 	maxMessage int64
@@ -111,7 +115,7 @@ type session struct {
 	closeBy atomic.Int64
 	// connsClosed is set once closeConns runs (before it unparks legs).
 	connsClosed atomic.Bool
-	// removed is set by the one removeSession call that counts.
+	// removed is set by the one Registry.remove call that counts.
 	removed atomic.Bool
 	endMu   sync.Mutex
 	started bool // guarded by endMu: client is set and the pumps run
@@ -145,12 +149,13 @@ func keepAlive(c net.Conn) {
 
 var clientKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 9}
 
-// run starts relaying frames both ways; the session ends (connections
+// Run starts relaying frames both ways on client (the connection the
+// client handshake was done on) and the backend connection; the session ends (connections
 // closed, log written, registry entry removed) when the last pump ends.
 // A direction that can wait in the poller starts parked; the other runs
 // on a goroutine, one of them the caller's. early holds client bytes read
 // before the connection was handed over.
-func (s *session) run(client net.Conn, early []byte) {
+func (s *Session) Run(client net.Conn, early []byte) {
 	s.lastActive.Store(time.Now().UnixNano())
 	s.pl = pickPoller()
 	s.backend.pl = s.pl
@@ -168,11 +173,11 @@ func (s *session) run(client net.Conn, early []byte) {
 		// connection; closeConns could not close it then.
 		_ = client.Close()
 		s.log()
-		s.h.removeSession(s)
+		s.reg.remove(s)
 		return
 	}
 	if awayCode != 0 {
-		s.closeClient(awayCode, awayReason)
+		s.CloseClient(awayCode, awayReason)
 	}
 	// A leg that can wait in the poller starts there: a new session costs
 	// no goroutine until a peer sends something (the poller resumes at
@@ -188,12 +193,12 @@ func (s *session) run(client net.Conn, early []byte) {
 // pumpLoop runs one direction's pump until it ends or parks. A parked
 // pump continues in a new goroutine when its source has data (see park);
 // the last pump to end finishes the session.
-func (s *session) pumpLoop(src, dst *leg) {
+func (s *Session) pumpLoop(src, dst *leg) {
 	defer func() {
 		// A bug must cost this session, not the process: there is no
 		// fasthttp recover on these goroutines.
 		if v := recover(); v != nil {
-			s.h.log.Error("panic in websocket relay", "route", s.route.Name, "side", src.side(),
+			s.reg.log.Error("panic in websocket relay", "session", s.ID(), "route", s.route.Name, "side", src.side(),
 				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			s.closeConns()
 			s.pumpReturned()
@@ -219,7 +224,7 @@ func (s *session) pumpLoop(src, dst *leg) {
 
 // finishPending writes the frames the poller prepared for dst but could
 // not write without waiting (see serve); dst.mu is locked for it.
-func (s *session) finishPending(src, dst *leg) {
+func (s *Session) finishPending(src, dst *leg) {
 	defer dst.mu.Unlock()
 	n := src.pending
 	src.pending = 0
@@ -239,18 +244,18 @@ func (s *session) finishPending(src, dst *leg) {
 
 // closing reports whether the session's closing handshake has started
 // or its connections are closed.
-func (s *session) closing() bool {
+func (s *Session) closing() bool {
 	return s.closeBy.Load() != 0 || s.connsClosed.Load()
 }
 
 // pumpReturned starts the close-handshake budget for the other pump when
 // the first one ends: it gets h.closeWait, then both connections are cut.
-func (s *session) pumpReturned() {
+func (s *Session) pumpReturned() {
 	s.endMu.Lock()
 	s.pumpsRun--
 	switch s.pumpsRun {
 	case 1:
-		s.force = time.AfterFunc(s.h.closeWait, s.closeConns)
+		s.force = time.AfterFunc(s.reg.closeWait, s.closeConns)
 		s.endMu.Unlock()
 	case 0:
 		if s.force != nil {
@@ -259,7 +264,7 @@ func (s *session) pumpReturned() {
 		s.endMu.Unlock()
 		s.closeConns()
 		s.log()
-		s.h.removeSession(s)
+		s.reg.remove(s)
 	default:
 		s.endMu.Unlock()
 	}
@@ -267,7 +272,7 @@ func (s *session) pumpReturned() {
 
 // closeConns cuts both TCP connections, which ends any blocked pump.
 // Safe to call more than once and from any goroutine.
-func (s *session) closeConns() {
+func (s *Session) closeConns() {
 	s.endMu.Lock()
 	if s.ended {
 		s.endMu.Unlock()
@@ -289,7 +294,7 @@ func (s *session) closeConns() {
 // is written: otherwise the first peer could echo its close before the
 // second one is out, and its pump would relay that echo to the other peer
 // in place of the code chosen here.
-func (s *session) closeBoth(clientCode uint16, clientReason string, backendCode uint16, backendReason string) {
+func (s *Session) closeBoth(clientCode uint16, clientReason string, backendCode uint16, backendReason string) {
 	s.startClosing()
 	toClient := s.client.reserveClose()
 	toBackend := s.backend.reserveClose()
@@ -303,8 +308,8 @@ func (s *session) closeBoth(clientCode uint16, clientReason string, backendCode 
 
 // startClosing starts the closing handshake: from now on every read is
 // bounded by closeBy. Safe to call more than once.
-func (s *session) startClosing() {
-	by := time.Now().Add(s.h.closeWait).UnixNano()
+func (s *Session) startClosing() {
+	by := time.Now().Add(s.reg.closeWait).UnixNano()
 	if s.closeBy.CompareAndSwap(0, by) {
 		// Wake pumps blocked on a long idle deadline.
 		_ = s.client.conn.SetReadDeadline(time.Unix(0, by))
@@ -313,12 +318,12 @@ func (s *session) startClosing() {
 }
 
 // goAway sends 1001 "going away" to both legs; used by Drain.
-func (s *session) goAway() { s.closeClient(closeGoingAway, "going away") }
+func (s *Session) goAway() { s.CloseClient(closeGoingAway, "going away") }
 
-// closeClient sends code and reason to the client and 1001 "going away"
+// CloseClient sends code and reason to the client and 1001 "going away"
 // to the backend: a session wsgate itself ends (shutdown, reload). Before
 // the session starts, run sends it; the first such close wins.
-func (s *session) closeClient(code uint16, reason string) {
+func (s *Session) CloseClient(code uint16, reason string) {
 	s.endMu.Lock()
 	if !s.started {
 		if s.awayCode == 0 {
@@ -342,7 +347,7 @@ type pumpState struct {
 // relayFrame reads one frame from src and deals with it: data frames are
 // forwarded, pings and pongs relayed, a close ends the direction. It
 // reports whether the pump goes on.
-func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
+func (s *Session) relayFrame(src, dst *leg, st *pumpState) bool {
 	// The clock is read once before the wait and once after it; each
 	// reading serves every check that follows (time.Now is two vDSO
 	// calls, and six per frame were 2.4% of the CPU on 64 KiB echo).
@@ -419,7 +424,7 @@ func (s *session) relayFrame(src, dst *leg, st *pumpState) bool {
 // relayControl handles a control frame whose header is h: a close ends
 // the direction (its code and reason go to dst), a ping or pong goes to
 // dst unchanged so that the peers answer each other.
-func (s *session) relayControl(src, dst *leg, h *frameHeader) bool {
+func (s *Session) relayControl(src, dst *leg, h *frameHeader) bool {
 	var payload [maxControlPayload]byte
 	total := h.size + int(h.length) // ≤ 14+125: fits the read buffer
 	b, err := src.br.Peek(total)
@@ -457,7 +462,7 @@ func addLength(total, n int64) int64 {
 
 // onTimeout handles a read deadline on a pump's source and reports
 // whether the pump keeps reading.
-func (s *session) onTimeout(src *leg) bool {
+func (s *Session) onTimeout(src *leg) bool {
 	now := time.Now().UnixNano()
 	if by := s.closeBy.Load(); by != 0 {
 		// Closing: the peer has until closeBy to answer. An idle deadline
@@ -479,21 +484,21 @@ func (s *session) onTimeout(src *leg) bool {
 // canPark reports whether src may wait in the shared poller: parking is
 // available, src is plain TCP and holds no buffered bytes, the session is
 // not closing and its idle deadline (if any) is far enough away.
-func (s *session) canPark(src *leg) bool { return s.canParkAt(src, time.Now()) }
+func (s *Session) canPark(src *leg) bool { return s.canParkAt(src, time.Now()) }
 
-func (s *session) canParkAt(src *leg, now time.Time) bool {
+func (s *Session) canParkAt(src *leg, now time.Time) bool {
 	return parking && src.raw != nil && src.br.idle() && s.closeBy.Load() == 0 &&
 		(s.idle <= 0 || s.idleLeft(now) > parkMargin)
 }
 
 // idleLeft is the time until the idle timeout closes the session.
-func (s *session) idleLeft(now time.Time) time.Duration {
+func (s *Session) idleLeft(now time.Time) time.Duration {
 	return time.Unix(0, s.lastActive.Load()).Add(s.idle).Sub(now)
 }
 
 // check validates a frame header against RFC 6455 §5 and the message
 // state of its direction.
-func (s *session) check(h *frameHeader, st *pumpState) *protocolError {
+func (s *Session) check(h *frameHeader, st *pumpState) *protocolError {
 	if st.fromClient != h.masked {
 		if st.fromClient {
 			return protoErr("unmasked client frame")
@@ -534,7 +539,7 @@ func (s *session) check(h *frameHeader, st *pumpState) *protocolError {
 // must be unpredictable to the application that supplies the payload).
 // Frames for a leg that is closed are read and dropped. A failed write
 // breaks dst (see breakLocked). It reports false when reading src failed.
-func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time.Time) bool {
+func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time.Time) bool {
 	dst.mu.Lock()
 	defer dst.mu.Unlock()
 	if dst.closeSent {
@@ -627,7 +632,7 @@ func (s *session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 // batch prepares the data frames that follow the first n buffered bytes
 // of src and are already complete in its buffer (see prepare), and
 // returns the number of bytes prepared.
-func (s *session) batch(src, dst *leg, st *pumpState, n int) int {
+func (s *Session) batch(src, dst *leg, st *pumpState, n int) int {
 	return s.prepare(src, dst, st, src.br.bufferedAfter(n))
 }
 
@@ -637,7 +642,7 @@ func (s *session) batch(src, dst *leg, st *pumpState, n int) int {
 // itself — a control frame, a protocol error, a message over the limit,
 // an incomplete frame — and returns the number of bytes prepared. The
 // caller holds dst.mu and has checked that dst is open.
-func (s *session) prepare(src, dst *leg, st *pumpState, b []byte) int {
+func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte) int {
 	added := 0
 	for {
 		rest := b[added:]
@@ -691,8 +696,8 @@ func discard(br *frameReader, n int64) error {
 // failProtocol answers a protocol violation by src: the code from pe to
 // src, a close to dst, then a half-close toward src so that it sees the
 // end right after the close frame (RFC 6455 §7.1.7).
-func (s *session) failProtocol(src, dst *leg, pe *protocolError) {
-	s.h.log.Info("websocket protocol error", "route", s.route.Name, "side", src.side(), "error", pe.reason)
+func (s *Session) failProtocol(src, dst *leg, pe *protocolError) {
+	s.reg.log.Info("websocket protocol error", "session", s.ID(), "route", s.route.Name, "side", src.side(), "error", pe.reason)
 	if src == s.client {
 		s.closeBoth(pe.code, pe.reason, closeGoingAway, "client protocol error")
 	} else {
@@ -708,7 +713,7 @@ func (s *session) failProtocol(src, dst *leg, pe *protocolError) {
 }
 
 // sourceGone handles the end of src's connection without a close frame.
-func (s *session) sourceGone(src, dst *leg) {
+func (s *Session) sourceGone(src, dst *leg) {
 	src.mu.Lock()
 	src.closeSent = true // nothing more can be written to a gone peer
 	src.mu.Unlock()
@@ -725,7 +730,7 @@ func (s *session) sourceGone(src, dst *leg) {
 // setReadDeadline bounds the next read from src: by closeBy while
 // closing, else by the idle timeout counted from the last frame either
 // way.
-func (s *session) setReadDeadline(src *leg, now time.Time) {
+func (s *Session) setReadDeadline(src *leg, now time.Time) {
 	if by := s.closeBy.Load(); by != 0 {
 		src.readBy = by
 		_ = src.conn.SetReadDeadline(time.Unix(0, by))
@@ -761,7 +766,7 @@ func (s *session) setReadDeadline(src *leg, now time.Time) {
 
 // extendReadDeadline keeps a long frame from tripping the idle timeout
 // while its payload still flows.
-func (s *session) extendReadDeadline(src *leg) {
+func (s *Session) extendReadDeadline(src *leg) {
 	if s.closeBy.Load() != 0 {
 		return
 	}
@@ -884,11 +889,12 @@ func isTimeout(err error) bool {
 }
 
 // log writes the session summary when it ends.
-func (s *session) log() {
-	s.h.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket closed",
+func (s *Session) log() {
+	s.reg.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket closed",
+		slog.String("session", s.ID()),
 		slog.String("route", s.route.Name),
 		slog.String("client", s.remote),
-		slog.String("backend", targetAddr(s.target)),
+		slog.String("backend", s.addr),
 		slog.Int64("duration_ms", time.Since(s.start).Milliseconds()),
 		slog.Int("client_close", int(s.client.closeCode)),
 		slog.Int("backend_close", int(s.backend.closeCode)),

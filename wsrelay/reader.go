@@ -1,13 +1,12 @@
-package proxy
+package wsrelay
 
 import (
 	"bufio"
 	"errors"
 	"net"
-	"sync"
 	"syscall"
-	"time"
 
+	"github.com/wsgate/wsgate/internal/bufpool"
 	"github.com/wsgate/wsgate/internal/netpoll"
 )
 
@@ -15,7 +14,7 @@ import (
 // included) is forwarded with one write straight from the buffer, together
 // with the complete frames that follow it. Plain TCP legs hold it only
 // while data flows (see frameReader).
-const readBufferSize = 32 << 10
+const readBufferSize = bufpool.Size
 
 // keptBufferSize is the read buffer of a leg that cannot wait without one
 // (TLS: the decrypted bytes live in crypto/tls): it keeps it for its
@@ -24,9 +23,6 @@ const keptBufferSize = 4 << 10
 
 // errWouldBlock: the leg has nothing to read now (see parkOnBlock).
 var errWouldBlock = errors.New("read would block")
-
-// bufPool holds the read buffers of idle legs.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
 
 // frameReader is a leg's read buffer with the bufio operations the relay
 // needs (Peek, Discard, Read). On a plain TCP leg it reads with one
@@ -87,14 +83,14 @@ func (b *frameReader) acquire() {
 		buf := make([]byte, keptBufferSize)
 		b.bp = &buf
 	} else {
-		b.bp = bufPool.Get().(*[]byte)
+		b.bp = bufpool.Get()
 	}
 	b.r, b.w = 0, 0
 }
 
 func (b *frameReader) releaseIfEmpty() {
 	if b.raw != nil && b.bp != nil && b.r == b.w {
-		bufPool.Put(b.bp)
+		bufpool.Put(b.bp)
 		b.bp = nil
 	}
 }
@@ -280,32 +276,4 @@ func (l *leg) write(p []byte) (int, error) {
 		return l.conn.Write(p)
 	}
 	return l.rw.Write(l.raw, p)
-}
-
-// unwrapHijacked returns the connection under fasthttp's hijacked conn and
-// the bytes fasthttp had already read past the request (a client may send
-// frames in the same packet as its handshake). Reading the hijacked conn
-// with a deadline in the past returns what its buffer holds and then
-// times out without touching the socket; after that the session reads the
-// socket directly and fasthttp's read buffer can be collected.
-func unwrapHijacked(c net.Conn) (net.Conn, []byte) {
-	u, ok := c.(interface{ UnsafeConn() net.Conn })
-	if !ok {
-		return c, nil
-	}
-	raw := u.UnsafeConn()
-	if err := raw.SetReadDeadline(time.Unix(1, 0)); err != nil {
-		return c, nil // cannot drain: keep reading through fasthttp's buffer
-	}
-	var early []byte
-	var buf [512]byte
-	for {
-		n, err := c.Read(buf[:])
-		early = append(early, buf[:n]...)
-		if err != nil {
-			break
-		}
-	}
-	_ = raw.SetReadDeadline(time.Time{})
-	return raw, early
 }

@@ -1,4 +1,4 @@
-package proxy
+package wsrelay
 
 import (
 	"encoding/binary"
@@ -26,7 +26,7 @@ const (
 	closeInvalidData    = 1007
 	closeTooBig         = 1009
 	closeInternalError  = 1011
-	closeServiceRestart = 1012
+	closeServiceRestart = CloseServiceRestart
 )
 
 const (
@@ -266,3 +266,6 @@ func appendControlFrame(dst []byte, opcode byte, p []byte, masked bool, key [4]b
 }
 
 var errMessageTooBig = errors.New("message exceeds max_message_size")
+
+// CloseServiceRestart (1012) is the close code a reload sends by default.
+const CloseServiceRestart = 1012
