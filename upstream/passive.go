@@ -119,6 +119,7 @@ func (s *Set) eject(t *Target, now int64, why string, first bool) {
 		st.ejections.Store(0) // back long enough: the doubling starts over
 	}
 	n := int(st.ejections.Add(1))
+	st.ejectedTotal.Add(1)
 	d := p.EjectFor
 	for i := 1; i < n && d < p.MaxEjectFor; i++ {
 		d *= 2

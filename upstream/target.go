@@ -58,6 +58,7 @@ type state struct {
 	ejectMu      sync.Mutex
 	ejectedUntil atomic.Int64 // unix ns; written under ejectMu
 	ejections    atomic.Int32 // ejections in a row; written under ejectMu
+	ejectedTotal atomic.Int64 // ejections ever, for metrics; written under ejectMu
 	lastEjectEnd atomic.Int64 // unix ns; written under ejectMu
 }
 

@@ -23,6 +23,7 @@ const (
 	closeGoingAway      = 1001
 	closeProtocolError  = 1002
 	closeNoStatus       = 1005 // received only: a close frame with no payload
+	closeAbnormal       = 1006 // never sent: reported for a connection that ended without a close frame
 	closeInvalidData    = 1007
 	closeTooBig         = 1009
 	closeInternalError  = 1011

@@ -28,6 +28,8 @@ type Info struct {
 	// backend); FromBackend what the backend sent.
 	FromClient  Flow `json:"from_client"`
 	FromBackend Flow `json:"from_backend"`
+	// Injected counts the messages the admin API sent to the client.
+	Injected int64 `json:"injected"`
 }
 
 // Flow counts the data messages and their payload bytes of one direction.
@@ -53,8 +55,12 @@ var (
 	// ErrClosing: the session's closing handshake has started; nothing
 	// more can be sent on it.
 	ErrClosing = errors.New("session is closing")
-	// ErrTooBig: a message to send exceeds what a session may carry.
-	ErrTooBig = errors.New("message too big")
+	// ErrTooBig: a message to send exceeds MaxSend, or a text message
+	// is not UTF-8.
+	ErrTooBig = errors.New("message too big or not UTF-8")
+	// ErrBusy: the session's backend was in the middle of a fragmented
+	// message for the whole write timeout.
+	ErrBusy = errors.New("session busy with a fragmented message")
 )
 
 // Closed describes a session that ended, for the recent-closes list.

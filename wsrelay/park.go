@@ -329,6 +329,7 @@ func (s *Session) serve(src, dst *leg, now time.Time) bool {
 	}
 	b := br.bufferedAfter(0)
 	k := s.prepare(src, dst, &src.st, b)
+	dst.midMessage = src.st.inMessage // dst.mu is held until the k bytes are out
 	if k == 0 {
 		dst.mu.Unlock()
 		src.streamed = src.streamed || full || incompleteFrame(b)

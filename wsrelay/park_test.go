@@ -80,8 +80,8 @@ func TestServePartialWrite(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("pump did not end after the client closed")
 	}
-	if s.client.messages != int64(sent) {
-		t.Errorf("client messages = %d, want %d", s.client.messages, sent)
+	if s.client.messages.Load() != int64(sent) {
+		t.Errorf("client messages = %d, want %d", s.client.messages.Load(), sent)
 	}
 }
 
@@ -121,8 +121,8 @@ func TestBatchStopsAtHugeFrame(t *testing.T) {
 			if err != nil || string(f.payload) != "small" || !f.fin {
 				t.Fatalf("backend got %q fin %v, %v; want the small frame alone", f.payload, f.fin, err)
 			}
-			if s.client.messages != 1 {
-				t.Errorf("client messages = %d, want 1 (the huge frame is not counted yet)", s.client.messages)
+			if s.client.messages.Load() != 1 {
+				t.Errorf("client messages = %d, want 1 (the huge frame is not counted yet)", s.client.messages.Load())
 			}
 		})
 	}

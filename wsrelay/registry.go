@@ -31,11 +31,14 @@ type Registry struct {
 	closeWait time.Duration
 
 	mu        sync.Mutex
-	sessions  map[*Session]struct{} // guarded by mu
-	upgrading int                   // guarded by mu: handshakes in progress
-	draining  bool                  // guarded by mu
-	drained   int                   // guarded by mu: sessions the drain closes, counted as they come
-	changed   chan struct{}         // guarded by mu: closed when the two above shrink
+	sessions  map[uint64]*Session // guarded by mu: by id
+	routes    map[routeKey]*Route // guarded by mu: every route a session used, by name
+	closes    []Closed            // guarded by mu: the last maxCloses ended sessions, a ring
+	closesAt  int                 // guarded by mu: where the next goes in closes
+	upgrading int                 // guarded by mu: handshakes in progress
+	draining  bool                // guarded by mu
+	drained   int                 // guarded by mu: sessions the drain closes, counted as they come
+	changed   chan struct{}       // guarded by mu: closed when the two above shrink
 
 	// stopSchedules is closed when the shutdown drain starts: reloads'
 	// close schedules stop. Guarded by mu.
@@ -60,7 +63,8 @@ func NewRegistry(o Options) *Registry {
 	r := &Registry{
 		log:           o.Logger,
 		closeWait:     o.CloseWait,
-		sessions:      map[*Session]struct{}{},
+		sessions:      map[uint64]*Session{},
+		routes:        map[routeKey]*Route{},
 		changed:       make(chan struct{}),
 		stopSchedules: make(chan struct{}),
 		hurry:         make(chan struct{}),
@@ -75,11 +79,34 @@ func NewRegistry(o Options) *Registry {
 	return r
 }
 
-// Route is what the sessions of one route share.
+// Route is what the sessions of one route share: its names and what its
+// ended sessions carried. Get one from [Registry.Route].
 type Route struct {
 	Name     string
 	Upstream string
+
+	totals routeTotals // guarded by the registry's mu
 }
+
+// Route returns the route named name on upstream: the same one for the
+// same names, across reloads, so that its counts go on.
+func (r *Registry) Route(name, upstream string) *Route {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := routeKey{name, upstream}
+	rt := r.routes[k]
+	if rt == nil {
+		rt = &Route{Name: name, Upstream: upstream}
+		rt.totals.ended = map[EndKey]int64{}
+		r.routes[k] = rt
+	}
+	return rt
+}
+
+type routeKey struct{ name, upstream string }
+
+// maxCloses is how many ended sessions Closes remembers.
+const maxCloses = 50
 
 // Config is what one session is made of, besides its connections.
 type Config struct {
@@ -160,7 +187,7 @@ func (r *Registry) List() []*Session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	list := make([]*Session, 0, len(r.sessions))
-	for s := range r.sessions {
+	for _, s := range r.sessions {
 		list = append(list, s)
 	}
 	return list
@@ -192,7 +219,8 @@ func (r *Registry) EndUpgrade(s *Session) bool {
 	r.upgrading--
 	draining := r.draining
 	if s != nil {
-		r.sessions[s] = struct{}{}
+		r.sessions[s.id] = s
+		s.route.totals.opened++
 		if draining {
 			r.drained++
 			s.goAway() // not started yet: Run sends the 1001
@@ -215,8 +243,59 @@ func (r *Registry) remove(s *Session) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.sessions, s)
+	if r.sessions[s.id] == s {
+		delete(r.sessions, s.id)
+		r.endedLocked(s)
+	}
 	r.signalLocked()
+}
+
+// endedLocked adds what the ended session s carried to its route's
+// totals and to the recent closes.
+func (r *Registry) endedLocked(s *Session) {
+	t := &s.route.totals
+	c := s.clientLeg()
+	if c != nil {
+		t.fromClient.add(c)
+	}
+	t.fromBackend.add(s.backend)
+	end := time.Now()
+	t.observeDuration(end.Sub(s.start))
+	cl := Closed{
+		ID: s.ID(), Route: s.route.Name, Upstream: s.route.Upstream, Target: s.target, Client: s.remote,
+		Started: s.start, Ended: end,
+		BackendCode: s.backend.closeCode,
+		FromBackend: Flow{Messages: s.backend.messages.Load(), Bytes: s.backend.bytes.Load()},
+	}
+	if c != nil {
+		cl.ClientCode = c.closeCode
+		cl.FromClient = Flow{Messages: c.messages.Load(), Bytes: c.bytes.Load()}
+	}
+	s.endMu.Lock()
+	by, code, reason := s.closedBy, s.firstCode, s.firstReason
+	s.endMu.Unlock()
+	if by == closedByNone { // never started, or cut
+		by, code = closedByWsgate, closeAbnormal
+	}
+	cl.ClosedBy, cl.Reason = by.String(), reason
+	t.ended[EndKey{Code: code, By: by.String()}]++
+	if len(r.closes) < maxCloses {
+		r.closes = append(r.closes, cl)
+	} else {
+		r.closes[r.closesAt] = cl
+	}
+	r.closesAt = (r.closesAt + 1) % maxCloses
+}
+
+// Closes returns the sessions that ended last, the most recent first.
+func (r *Registry) Closes() []Closed {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Closed, 0, len(r.closes))
+	for i := range len(r.closes) {
+		out = append(out, r.closes[(r.closesAt-1-i+maxCloses)%maxCloses])
+	}
+	return out
 }
 
 func (r *Registry) signalLocked() {
@@ -239,7 +318,7 @@ func (r *Registry) Drain(ctx context.Context, spread time.Duration) (DrainResult
 	r.drained = len(r.sessions)
 	now := time.Now()
 	due := make([]ScheduledClose, 0, len(r.sessions))
-	for s := range r.sessions {
+	for _, s := range r.sessions {
 		at := now
 		if spread > 0 {
 			at = now.Add(time.Duration(rand.Int64N(int64(spread))))
@@ -297,7 +376,7 @@ func (r *Registry) forceClose() {
 		r.mu.Lock()
 		n := len(r.sessions)
 		ch := r.changed
-		for s := range r.sessions {
+		for _, s := range r.sessions {
 			s.closeConns()
 		}
 		r.mu.Unlock()

@@ -71,11 +71,69 @@ type leg struct {
 	// reading this leg; used only by that pump.
 	readBy int64
 
+	// midMessage: the last data frame written to this leg did not end
+	// its message, so nothing else (an injected message) may be written
+	// before the rest. Guarded by mu.
+	midMessage bool
+
 	// Set by the pump reading this leg, read after both pumps end.
 	closeCode   uint16 // close code this leg sent, 0 if none
 	closeReason string
-	messages    int64
-	bytes       int64
+
+	// What this leg's peer sent, counted as frames pass: written only
+	// by the pump (or poller) reading this leg, read live by the admin
+	// API and the metrics (see Session.Info). Messages count at their
+	// first frame, sizes at their last.
+	messages atomic.Int64
+	bytes    atomic.Int64
+	sizes    sizeCounts
+}
+
+// closer is who closed first when this leg's peer ended the session.
+func (l *leg) closer() closedBy {
+	if l.masked {
+		return closedByBackend
+	}
+	return closedByClient
+}
+
+// closedBy says who closed a session first.
+type closedBy uint8
+
+const (
+	closedByNone closedBy = iota
+	closedByClient
+	closedByBackend
+	closedByWsgate
+)
+
+func (c closedBy) String() string {
+	switch c {
+	case closedByClient:
+		return "client"
+	case closedByBackend:
+		return "backend"
+	case closedByWsgate:
+		return "wsgate"
+	}
+	return ""
+}
+
+// firstClose records who closed first, with the code and reason, unless
+// someone did already.
+func (s *Session) firstClose(by closedBy, code uint16, reason string) {
+	s.endMu.Lock()
+	if s.closedBy == closedByNone {
+		s.closedBy, s.firstCode, s.firstReason = by, code, reason
+	}
+	s.endMu.Unlock()
+}
+
+// clientLeg returns the client leg, nil before Run.
+func (s *Session) clientLeg() *leg {
+	s.endMu.Lock()
+	defer s.endMu.Unlock()
+	return s.client
 }
 
 // side names the leg in logs: "client" or "backend" (the masked one).
@@ -109,6 +167,7 @@ type Session struct {
 	write      time.Duration
 
 	lastActive atomic.Int64 // unix nanoseconds of the last frame either way
+	injected   atomic.Int64 // messages Send wrote to the client
 	// closeBy is 0 while the session is open; once the closing handshake
 	// starts it holds the unix nanoseconds by which both legs must be
 	// done, and every read deadline is set to it.
@@ -126,9 +185,14 @@ type Session struct {
 	// scheduled is set once a reload or a drain has decided to close the
 	// session, so that a later reload does not decide again.
 	scheduled atomic.Bool
-	pumpsRun  int         // guarded by endMu
-	force     *time.Timer // guarded by endMu
-	ended     bool        // guarded by endMu: conns are closed
+	// closedBy is who closed first, with the code and reason (see
+	// firstClose); guarded by endMu.
+	closedBy    closedBy
+	firstCode   uint16
+	firstReason string
+	pumpsRun    int         // guarded by endMu
+	force       *time.Timer // guarded by endMu
+	ended       bool        // guarded by endMu: conns are closed
 }
 
 // keepAlive turns on TCP keep-alive probes toward a WebSocket client.
@@ -295,6 +359,7 @@ func (s *Session) closeConns() {
 // second one is out, and its pump would relay that echo to the other peer
 // in place of the code chosen here.
 func (s *Session) closeBoth(clientCode uint16, clientReason string, backendCode uint16, backendReason string) {
+	s.firstClose(closedByWsgate, clientCode, clientReason)
 	s.startClosing()
 	toClient := s.client.reserveClose()
 	toBackend := s.backend.reserveClose()
@@ -398,11 +463,14 @@ func (s *Session) relayFrame(src, dst *leg, st *pumpState) bool {
 	}
 	if h.opcode != opContinuation {
 		st.msgSize = 0
-		src.messages++
+		src.messages.Add(1)
 	}
 	st.msgSize = addLength(st.msgSize, h.length)
-	src.bytes = addLength(src.bytes, h.length)
+	src.bytes.Store(addLength(src.bytes.Load(), h.length))
 	st.inMessage = !h.fin
+	if h.fin {
+		src.sizes.observe(st.msgSize)
+	}
 	if s.maxMessage > 0 && st.msgSize > s.maxMessage {
 		// Enforced from the header, before any of the frame is
 		// forwarded: it is read and dropped. RFC 6455 §7.4.1: 1009 to
@@ -447,6 +515,7 @@ func (s *Session) relayControl(src, dst *leg, h *frameHeader) bool {
 		return false
 	}
 	src.closeCode, src.closeReason = cp.code, cp.reason
+	s.firstClose(src.closer(), cp.code, cp.reason)
 	s.startClosing()
 	dst.sendClose(relayCloseCode(cp.code), cp.reason)
 	return false
@@ -541,7 +610,13 @@ func (s *Session) check(h *frameHeader, st *pumpState) *protocolError {
 // breaks dst (see breakLocked). It reports false when reading src failed.
 func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time.Time) bool {
 	dst.mu.Lock()
-	defer dst.mu.Unlock()
+	defer func() {
+		// The frames written under this lock end where st says (batch
+		// may have added some): an injected message waits for the
+		// rest of a fragmented one.
+		dst.midMessage = st.inMessage
+		dst.mu.Unlock()
+	}()
 	if dst.closeSent {
 		return discard(src.br, int64(h.size)) == nil && discard(src.br, h.length) == nil
 	}
@@ -644,6 +719,16 @@ func (s *Session) batch(src, dst *leg, st *pumpState, n int) int {
 // caller holds dst.mu and has checked that dst is open.
 func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte) int {
 	added := 0
+	var messages, bytes int64
+	defer func() {
+		// Counted once per batch: one atomic update per counter.
+		if messages > 0 {
+			src.messages.Add(messages)
+		}
+		if bytes > 0 {
+			src.bytes.Store(addLength(src.bytes.Load(), bytes))
+		}
+	}()
 	for {
 		rest := b[added:]
 		h, ok, err := parseHeader(rest)
@@ -662,11 +747,14 @@ func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte) int {
 			return added
 		}
 		if h.opcode != opContinuation {
-			src.messages++
+			messages++
 		}
 		st.msgSize = msg
-		src.bytes = addLength(src.bytes, h.length)
+		bytes += h.length // whole frames in one read: no overflow
 		st.inMessage = !h.fin
+		if h.fin {
+			src.sizes.observe(msg)
+		}
 		if dst.masked {
 			f := rest[:size]
 			var xor [4]byte
@@ -714,6 +802,7 @@ func (s *Session) failProtocol(src, dst *leg, pe *protocolError) {
 
 // sourceGone handles the end of src's connection without a close frame.
 func (s *Session) sourceGone(src, dst *leg) {
+	s.firstClose(src.closer(), closeAbnormal, "")
 	src.mu.Lock()
 	src.closeSent = true // nothing more can be written to a gone peer
 	src.mu.Unlock()
@@ -888,8 +977,16 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// log writes the session summary when it ends.
+// log writes the session summary when it ends: who closed first
+// (closed_by) with the code they sent (close_code; 1006: the connection
+// ended without a close frame), and the close code each side sent.
 func (s *Session) log() {
+	s.endMu.Lock()
+	by, code := s.closedBy, s.firstCode
+	s.endMu.Unlock()
+	if by == closedByNone {
+		by, code = closedByWsgate, closeAbnormal
+	}
 	s.reg.log.LogAttrs(context.Background(), slog.LevelInfo, "websocket closed",
 		slog.String("session", s.ID()),
 		slog.String("route", s.route.Name),
@@ -898,9 +995,11 @@ func (s *Session) log() {
 		slog.Int64("duration_ms", time.Since(s.start).Milliseconds()),
 		slog.Int("client_close", int(s.client.closeCode)),
 		slog.Int("backend_close", int(s.backend.closeCode)),
-		slog.Int64("client_messages", s.client.messages),
-		slog.Int64("client_bytes", s.client.bytes),
-		slog.Int64("backend_messages", s.backend.messages),
-		slog.Int64("backend_bytes", s.backend.bytes),
+		slog.String("closed_by", by.String()),
+		slog.Int("close_code", int(code)),
+		slog.Int64("client_messages", s.client.messages.Load()),
+		slog.Int64("client_bytes", s.client.bytes.Load()),
+		slog.Int64("backend_messages", s.backend.messages.Load()),
+		slog.Int64("backend_bytes", s.backend.bytes.Load()),
 	)
 }
