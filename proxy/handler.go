@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -59,6 +60,12 @@ type Handler struct {
 	// reg holds the WebSocket sessions.
 	reg *wsrelay.Registry
 
+	// stats are the routes' request counters by route name: made once
+	// per name, kept across reloads (each snapshot points at them).
+	statsMu sync.Mutex
+	stats   map[string]*routeStats // guarded by statsMu
+	noRoute *routeStats            // requests that matched no route
+
 	// reloadDrain is the drain window of the last Reload (unix
 	// nanoseconds as a duration).
 	reloadDrain atomic.Int64
@@ -80,11 +87,13 @@ type snapshot struct {
 	byID    map[string]*routes.Route // routes by ID, for Reload
 	// relay is what the sessions of each WebSocket route share.
 	relay map[*routes.Route]*wsrelay.Route
+	// stats are the routes' request counters.
+	stats map[*routes.Route]*routeStats
 }
 
 // newSnapshot compiles the swappable part of o. It panics when a route
 // names an upstream that is not in o.Upstreams: the caller's bug.
-func newSnapshot(o *Options) *snapshot {
+func newSnapshot(o *Options, h *Handler) *snapshot {
 	sn := &snapshot{
 		table:   o.Routes,
 		trusted: o.TrustedProxies,
@@ -95,6 +104,7 @@ func newSnapshot(o *Options) *snapshot {
 		statics: map[*routes.Route]fasthttp.RequestHandler{},
 		byID:    map[string]*routes.Route{},
 		relay:   map[*routes.Route]*wsrelay.Route{},
+		stats:   map[*routes.Route]*routeStats{},
 	}
 	if sn.write <= 0 {
 		sn.write = 60 * time.Second
@@ -107,6 +117,7 @@ func newSnapshot(o *Options) *snapshot {
 	}
 	for _, r := range sn.table.Routes() {
 		sn.byID[r.ID] = r
+		sn.stats[r] = h.statsFor(r.Name)
 		if r.Upstream != nil && sn.sets[r.Upstream] == nil {
 			s := sn.byName[r.Upstream.Name]
 			if s == nil {
@@ -118,7 +129,7 @@ func newSnapshot(o *Options) *snapshot {
 			sn.statics[r] = newStatic(r)
 		}
 		if r.Upstream != nil && r.WebSocket.Enabled {
-			sn.relay[r] = &wsrelay.Route{Name: r.Name, Upstream: r.Upstream.Name}
+			sn.relay[r] = h.reg.Route(r.Name, r.Upstream.Name)
 		}
 	}
 	return sn
@@ -138,7 +149,9 @@ func New(o Options) *Handler {
 		h.closeWait = 5 * time.Second
 	}
 	h.reg = wsrelay.NewRegistry(wsrelay.Options{Logger: h.log, CloseWait: h.closeWait})
-	h.cur.Store(newSnapshot(&o))
+	h.stats = map[string]*routeStats{}
+	h.noRoute = h.statsFor("")
+	h.cur.Store(newSnapshot(&o, h))
 	return h
 }
 
@@ -153,9 +166,12 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			ctx.SetConnectionClose()
 		}
 	}()
+	sn := h.cur.Load()
+	id := setRequestID(ctx, sn.trusted)
 	if status, msg := checkFraming(ctx); status != 0 {
 		plainError(ctx, status, msg)
 		ctx.SetConnectionClose()
+		ctx.Response.Header.SetCanonical(hdrRequestID, id)
 		h.logRequest(ctx, nil, status, "")
 		return
 	}
@@ -164,10 +180,10 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		// routing, the backend's Host and X-Forwarded-Host alike.
 		ctx.Request.Header.SetHostBytes(ctx.Host())
 	}
-	sn := h.cur.Load()
 	r := sn.table.Match(ctx.Method(), ctx.Host(), ctx.Path())
 	if r == nil {
 		plainError(ctx, fasthttp.StatusNotFound, "no route")
+		ctx.Response.Header.SetCanonical(hdrRequestID, id)
 		h.logRequest(ctx, nil, fasthttp.StatusNotFound, "")
 		return
 	}
@@ -183,12 +199,16 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		sn.statics[r](ctx)
 	case isUpgradeAttempt(ctx) && r.WebSocket.Enabled:
 		h.serveWebSocket(ctx, sn, r)
+		ctx.Response.Header.SetCanonical(hdrRequestID, id)
+		h.countHandshake(ctx, r, ctx.Response.StatusCode())
 		return
 	default:
 		h.serveHTTP(ctx, sn, r)
+		ctx.Response.Header.SetCanonical(hdrRequestID, id)
 		return
 	}
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
+	ctx.Response.Header.SetCanonical(hdrRequestID, id)
 	h.logRequest(ctx, r, ctx.Response.StatusCode(), "")
 }
 
@@ -323,6 +343,7 @@ func equalFoldASCII(b []byte, s string) bool {
 
 // logRequest writes the access log line of a request answered in the handler.
 func (h *Handler) logRequest(ctx *fasthttp.RequestCtx, r *routes.Route, status int, backend string) {
+	h.count(ctx, r, status, time.Since(ctx.Time()))
 	if !h.accessLog {
 		return
 	}
@@ -338,6 +359,7 @@ func (h *Handler) logRequest(ctx *fasthttp.RequestCtx, r *routes.Route, status i
 		slog.String("route", route),
 		slog.String("backend", backend),
 		slog.String("client", ctx.RemoteAddr().String()),
+		slog.String("request_id", string(ctx.Request.Header.PeekBytes(hdrRequestID))),
 		slog.Int64("duration_ms", time.Since(ctx.Time()).Milliseconds()),
 	)
 }

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"math/rand/v2"
 	"net/netip"
 
 	"github.com/valyala/fasthttp"
@@ -219,4 +222,43 @@ func applyResponseOps(h *fasthttp.ResponseHeader, ops *routes.HeaderOps) {
 func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
 	a, _ := netip.AddrFromSlice(ctx.RemoteIP())
 	return a.Unmap()
+}
+
+// hdrRequestID names the request id: kept from a trusted proxy, else made
+// here; forwarded to the backend, returned to the client and logged.
+var hdrRequestID = []byte("X-Request-Id")
+
+// maxRequestID bounds a request id kept from a trusted proxy.
+const maxRequestID = 200
+
+// setRequestID gives the request its id and returns it: the one a trusted
+// proxy sent, if it is one visible-ASCII token of at most maxRequestID
+// bytes, else 16 random hex digits (replacing what the client sent). The
+// returned slice is the request header's, valid during the request.
+func setRequestID(ctx *fasthttp.RequestCtx, trusted []netip.Prefix) []byte {
+	if len(trusted) > 0 {
+		if v := ctx.Request.Header.PeekAll(string(hdrRequestID)); len(v) == 1 && validRequestID(v[0]) && isTrusted(peerAddr(ctx), trusted) {
+			return v[0]
+		}
+	}
+	var raw [8]byte
+	var buf [16]byte
+	binary.BigEndian.PutUint64(raw[:], rand.Uint64())
+	hex.Encode(buf[:], raw[:])
+	ctx.Request.Header.DelBytes(hdrRequestID)
+	ctx.Request.Header.SetCanonical(hdrRequestID, buf[:])
+	return ctx.Request.Header.PeekBytes(hdrRequestID)
+}
+
+// validRequestID reports whether v may be kept as a request id.
+func validRequestID(v []byte) bool {
+	if len(v) == 0 || len(v) > maxRequestID {
+		return false
+	}
+	for _, c := range v {
+		if c <= ' ' || c > '~' {
+			return false
+		}
+	}
+	return true
 }

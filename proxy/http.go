@@ -374,12 +374,15 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Ro
 		if !a.Failed(t, result, replayable, err) {
 			break
 		}
+		h.routeStats(r).retries.Add(1)
 	}
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		status, msg := upstreamStatus(err)
 		if body != nil && (body.tooLarge || body.err != nil) {
 			status, msg = bodyStatus(body)
+		} else {
+			h.countUpstreamError(r, err)
 		}
 		h.fail(ctx, r, targetAddr(t), status, msg, err)
 		if status == fasthttp.StatusServiceUnavailable {
@@ -403,6 +406,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Ro
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
 		t.Release()
+		h.countUpstreamError(r, errUnexpectedSwitch)
 		h.fail(ctx, r, t.Addr, fasthttp.StatusBadGateway, "bad gateway", errUnexpectedSwitch)
 		return
 	}
@@ -433,6 +437,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Ro
 		fasthttp.ReleaseResponse(resp)
 		t.Release()
 		if err != nil {
+			h.countUpstreamError(r, err)
 			h.fail(ctx, r, t.Addr, fasthttp.StatusBadGateway, "bad gateway", err)
 			ctx.SetConnectionClose()
 			return
@@ -456,6 +461,8 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Ro
 	rb := &responseBody{
 		h: h, resp: resp, r: stream, conn: ctx.Conn(), timeout: sn.write, target: t,
 		logAttrs: h.accessAttrs(ctx, r, t.Addr),
+		stats:    h.routeStats(r),
+		method:   methodClass(ctx.Method()),
 		status:   resp.StatusCode(),
 		start:    ctx.Time(),
 	}
@@ -803,6 +810,8 @@ type responseBody struct {
 	eof      bool
 	readErr  error
 	logAttrs []slog.Attr
+	stats    *routeStats
+	method   int // methodClass of the request
 	status   int
 	start    time.Time
 }
@@ -833,6 +842,7 @@ func (b *responseBody) Close() error {
 	_ = b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
 	b.target.Release()
+	b.count()
 	if !b.h.accessLog && b.readErr == nil {
 		return nil
 	}
@@ -854,6 +864,21 @@ func (b *responseBody) Close() error {
 	return nil
 }
 
+// count counts the request of a streamed response once its body ended.
+func (b *responseBody) count() {
+	status := b.status
+	switch {
+	case b.readErr != nil:
+		b.stats.upstreamErrors[errorKind(b.readErr)].Add(1)
+	case !b.eof:
+		status = 499
+		b.stats.clientGone.Add(1)
+	}
+	c := min(max(status/100-1, 0), len(StatusClasses)-1)
+	b.stats.requests[b.method][c].Add(1)
+	b.stats.duration.observe(time.Since(b.start))
+}
+
 // accessAttrs captures the request fields of the access log line, for
 // responses that finish after the handler returned.
 func (h *Handler) accessAttrs(ctx *fasthttp.RequestCtx, r *routes.Route, backend string) []slog.Attr {
@@ -867,5 +892,6 @@ func (h *Handler) accessAttrs(ctx *fasthttp.RequestCtx, r *routes.Route, backend
 		slog.String("route", r.Name),
 		slog.String("backend", backend),
 		slog.String("client", ctx.RemoteAddr().String()),
+		slog.String("request_id", string(ctx.Request.Header.PeekBytes(hdrRequestID))),
 	}
 }

@@ -41,7 +41,7 @@ type ReloadResult struct {
 // config's upstream sets alive (Close stops only their goroutines) and
 // starts the new ones before calling Reload.
 func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
-	sn := newSnapshot(&o)
+	sn := newSnapshot(&o, h)
 	prev := h.cur.Swap(sn)
 
 	if h.reg.Draining() {

@@ -128,6 +128,7 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *rout
 		if bh != nil {
 			backend = bh.target.Addr
 		}
+		h.countUpstreamError(r, err)
 		h.fail(ctx, r, backend, status, msg, err)
 		if status == fasthttp.StatusServiceUnavailable {
 			ctx.Response.Header.Set("Retry-After", strconv.Itoa(set.RetryAfter()))
@@ -194,6 +195,7 @@ func (h *Handler) dialBackend(bctx context.Context, ctx *fasthttp.RequestCtx, sn
 		if !a.Failed(t, result, true, err) || bctx.Err() != nil {
 			return bh, err
 		}
+		h.routeStats(r).retries.Add(1)
 	}
 }
 
