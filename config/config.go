@@ -87,6 +87,10 @@ type Config struct {
 	// TrustedProxies are CIDRs ("10.0.0.0/8") or IPs whose X-Forwarded-For
 	// header is kept; from any other peer it is replaced. Default none.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Admin, when present, turns on the admin listener: health and
+	// readiness probes, metrics, the JSON API and the dashboard. Default
+	// none: no admin listener.
+	Admin *Admin `yaml:"admin"`
 
 	// Table is the compiled route table built from Routes.
 	Table *routes.Table `yaml:"-"`
@@ -98,6 +102,28 @@ type Config struct {
 	// Warnings are what `wsgate validate` prints as warnings: a valid
 	// config that likely does not do what its author meant.
 	Warnings []*FieldError `yaml:"-"`
+}
+
+// Admin configures the admin listener, a plain-HTTP server of its own,
+// apart from the listeners. docs/admin.md describes its endpoints.
+type Admin struct {
+	// Addr is the host:port to listen on, such as "127.0.0.1:9901"; port 0
+	// picks a free port. The host is an IP address, "localhost", or none
+	// (":9901") for every interface. A host other than a loopback address
+	// or localhost needs Token. It must not be a listener's address.
+	// Required.
+	Addr string `yaml:"addr"`
+	// Token, when set, is the bearer token the admin API asks for
+	// ("Authorization: Bearer TOKEN"; docs/admin.md says which endpoints
+	// need it): visible ASCII without spaces, best 16 bytes or more
+	// (shorter is a warning). Set it from the environment, as
+	// ${WSGATE_ADMIN_TOKEN}, rather than in the file. Default none, which
+	// Addr allows only on a loopback address.
+	Token string `yaml:"token" redact:"secret"`
+	// ReadyRequiresHealthyTargets makes /readyz answer 503 while some
+	// upstream has no healthy target, as well as while wsgate starts and
+	// drains. Default false.
+	ReadyRequiresHealthyTargets bool `yaml:"ready_requires_healthy_targets"`
 }
 
 // Listener is one address to accept connections on.
@@ -232,7 +258,7 @@ type Balance struct {
 	// share it agree on cookies. Only with cookie. Default: derived from
 	// the upstream's name (stable, but guessable by whoever knows the
 	// targets).
-	Secret string `yaml:"secret"`
+	Secret string `yaml:"secret" redact:"secret"`
 
 	unknown []*yaml.Node
 }
@@ -260,7 +286,7 @@ type Health struct {
 	UnhealthyAfter int `yaml:"unhealthy_after"`
 	// Headers are sent with every check; a Host here replaces the
 	// target's host. Default none.
-	Headers map[string]string `yaml:"headers"`
+	Headers map[string]string `yaml:"headers" redact:"headers"`
 	// WebSocket configures a WebSocket check. Default none.
 	WebSocket *WebSocketCheck `yaml:"websocket"`
 }
@@ -367,7 +393,7 @@ type Match struct {
 // Headers lists header edits: removals first, then sets.
 type Headers struct {
 	// Set adds or replaces each header with the value. Default none.
-	Set map[string]string `yaml:"set"`
+	Set map[string]string `yaml:"set" redact:"headers"`
 	// Remove deletes these headers (names compared without case).
 	// Default none.
 	Remove []string `yaml:"remove"`

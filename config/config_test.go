@@ -160,6 +160,7 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		Limits    Limits
 		Timeouts  map[string]string
 		Trusted   []string
+		Admin     *Admin `json:",omitempty"`
 	}
 
 	for _, w := range cfg.Warnings {
@@ -258,6 +259,7 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 	for _, p := range cfg.Trusted {
 		s.Trusted = append(s.Trusted, p.String())
 	}
+	s.Admin = cfg.Admin
 	out, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		t.Fatal(err)
@@ -316,6 +318,7 @@ routes: [{match: {path_prefix: /}, upstream: demo}]
 // TestExample loads config.example.yaml, which must work as it is and
 // state every default.
 func TestExample(t *testing.T) {
+	unsetenv(t, "WSGATE_ADMIN_TOKEN")
 	cfg, err := Load("../config.example.yaml")
 	if err != nil {
 		t.Fatalf("Load(config.example.yaml): %v", err)
@@ -328,6 +331,14 @@ func TestExample(t *testing.T) {
 	}
 	if len(cfg.Trusted) != 0 {
 		t.Errorf("trusted_proxies = %v, want none", cfg.Trusted)
+	}
+	// The example turns the admin listener on, on loopback, without a
+	// token unless WSGATE_ADMIN_TOKEN is set.
+	if want := (Admin{Addr: "127.0.0.1:9901"}); cfg.Admin == nil || *cfg.Admin != want {
+		t.Errorf("admin = %+v, want %+v", cfg.Admin, want)
+	}
+	if len(cfg.Warnings) != 0 {
+		t.Errorf("warnings = %v, want none", cfg.Warnings)
 	}
 
 	// The demo: a public listener serving the routes, and the built-in
@@ -676,6 +687,9 @@ func FuzzParse(f *testing.F) {
 				t.Fatal("Parse returned no error and no compiled config")
 			}
 			cfg.Table.Match([]byte("GET"), []byte("example.com"), []byte("/"))
+			if _, err := json.Marshal(cfg.Redacted()); err != nil {
+				t.Errorf("json.Marshal(Redacted()): %v", err)
+			}
 			return
 		}
 		if cfg != nil {

@@ -107,6 +107,7 @@ type document struct {
 	Limits         rawLimits            `yaml:"limits"`
 	Timeouts       Timeouts             `yaml:"timeouts"`
 	TrustedProxies []string             `yaml:"trusted_proxies"`
+	Admin          *Admin               `yaml:"admin"`
 }
 
 // rawLimits is [Limits] as written in YAML.

@@ -43,10 +43,19 @@ func (v *validator) config(doc *document) *Config {
 		Limits:         Limits{HeaderBytes: int64(doc.Limits.HeaderBytes), RequestBody: int64(doc.Limits.RequestBody)},
 		Timeouts:       doc.Timeouts,
 		TrustedProxies: doc.TrustedProxies,
+		Admin:          doc.Admin,
 	}
 	v.limits(&cfg.Limits)
 	v.timeouts(&cfg.Timeouts)
 	v.listeners(cfg.Listeners)
+	// "admin:" with no value is present: it turns the listener on, and
+	// then needs an addr.
+	if cfg.Admin == nil && v.loc.has("admin") {
+		cfg.Admin = &Admin{}
+	}
+	if cfg.Admin != nil {
+		v.admin("admin", cfg.Admin, cfg.Listeners)
+	}
 	ups, compiled := v.upstreams(cfg.Upstreams)
 	cfg.UpstreamConfigs = compiled
 	rs := v.routes(cfg, ups)
@@ -141,6 +150,108 @@ func (v *validator) listenAddr(path, addr string, first map[string]string) {
 		return
 	}
 	first[key] = path
+}
+
+// minAdminToken is the length in bytes below which an admin token gets a
+// warning. 16 hex digits are 64 random bits; "openssl rand -hex 16" prints
+// 32 (128 bits).
+const minAdminToken = 16
+
+// admin checks the admin listener's settings against the listeners.
+func (v *validator) admin(path string, a *Admin, ls []Listener) {
+	apath := path + ".addr"
+	for i := 0; i < len(a.Token); i++ {
+		// The token is sent in a header line: no control character and,
+		// since "Bearer TOKEN" is split at spaces, no space. The message
+		// never shows the token.
+		if c := a.Token[i]; c <= ' ' || c >= 0x7f {
+			v.atf(path+".token", "must be visible ASCII without spaces (it is sent as %q)", "Authorization: Bearer TOKEN")
+			break
+		}
+	}
+	if n := len(a.Token); n > 0 && n < minAdminToken {
+		v.warnf(path+".token", "%d bytes is short for a bearer token (want %d or more, such as from %q)", n, minAdminToken, "openssl rand -hex 16")
+	}
+	if a.Addr == "" {
+		v.atf(apath, "required (want host:port, such as %q)", "127.0.0.1:9901")
+		return
+	}
+	host, port, err := net.SplitHostPort(a.Addr)
+	if err != nil {
+		v.atf(apath, "invalid address %q (want host:port)", a.Addr)
+		return
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		v.atf(apath, "invalid port %q (want 0 to 65535)", port)
+		return
+	}
+	loopback := strings.EqualFold(host, "localhost")
+	if !loopback && host != "" {
+		ip, err := netip.ParseAddr(host)
+		if err != nil {
+			v.atf(apath, "invalid host %q in %q (want an IP address, \"localhost\", or none for every interface)", host, a.Addr)
+			return
+		}
+		loopback = ip.IsLoopback()
+	}
+	if !loopback && a.Token == "" {
+		v.atf(apath, "%q is not a loopback address; set admin.token to expose the admin API", a.Addr)
+	}
+	if n == 0 {
+		return // a port-0 listener gets a free port of its own
+	}
+	for i, l := range ls {
+		lhost, lport, err := net.SplitHostPort(l.Addr)
+		if err != nil {
+			continue // reported with the listener
+		}
+		if ln, err := strconv.ParseUint(lport, 10, 16); err != nil || ln != n || !hostsOverlap(host, lhost) {
+			continue
+		}
+		lpath := fmt.Sprintf("listeners[%d].addr", i)
+		v.atf(apath, "%q overlaps %s %q (line %d); the admin API needs an address of its own", a.Addr, lpath, l.Addr, v.loc.line(lpath))
+		return
+	}
+}
+
+// hostsOverlap reports whether listening on hosts a and b with the same
+// port would clash: the same address, or one of them taking every
+// interface. An empty host and "::" take every address (Go listens
+// dual-stack), "0.0.0.0" every IPv4 one; "localhost" is 127.0.0.1 or ::1.
+// Other names are not known until they are resolved at bind time.
+func hostsOverlap(a, b string) bool {
+	if strings.EqualFold(a, b) {
+		return true
+	}
+	as, bs := listenIPs(a), listenIPs(b)
+	if slices.Contains(as, netip.IPv6Unspecified()) || slices.Contains(bs, netip.IPv6Unspecified()) {
+		return true // even a name, whatever it resolves to
+	}
+	for _, x := range as {
+		for _, y := range bs {
+			if x == y || x == netip.IPv4Unspecified() && y.Is4() || y == netip.IPv4Unspecified() && x.Is4() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// listenIPs returns the addresses a listener's host may stand for, IPv4
+// ones unmapped; none for a name other than localhost.
+func listenIPs(host string) []netip.Addr {
+	switch {
+	case host == "":
+		return []netip.Addr{netip.IPv6Unspecified()}
+	case strings.EqualFold(host, "localhost"):
+		return []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil
+	}
+	return []netip.Addr{ip.Unmap()}
 }
 
 func (v *validator) listenerTLS(path string, t *ListenerTLS) {
