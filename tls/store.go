@@ -185,3 +185,26 @@ func (s *Store) logLoaded(msg string, idx *index) {
 		}
 	}
 }
+
+// Certificate describes one loaded certificate, for metrics.
+type Certificate struct {
+	// CertFile is the file it was loaded from.
+	CertFile string
+	// Subject is the leaf's first DNS name, or its Subject CN.
+	Subject  string
+	NotAfter time.Time
+}
+
+// Certificates returns the certificates in use, in pair order.
+func (s *Store) Certificates() []Certificate {
+	idx := s.idx.Load()
+	out := make([]Certificate, 0, len(idx.certs))
+	for i, c := range idx.certs {
+		subject := c.Leaf.Subject.CommonName
+		if len(c.Leaf.DNSNames) > 0 {
+			subject = c.Leaf.DNSNames[0]
+		}
+		out = append(out, Certificate{CertFile: s.pairs[i].CertFile, Subject: subject, NotAfter: c.Leaf.NotAfter})
+	}
+	return out
+}
