@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"reflect"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -55,6 +57,14 @@ type gateway struct {
 	// stats are the watched files' stats as of the last load attempt.
 	stats []filewatch.Stat
 	files []string
+
+	// adminSrv is the admin listener; nil when the config has none.
+	// Guarded by mu.
+	adminSrv *adminServer
+	// metrics is the /metrics handler: one for the life of the process.
+	metrics http.Handler
+	// reloadsOK and reloadsFailed count reloads, for the metrics.
+	reloadsOK, reloadsFailed atomic.Int64
 }
 
 // reloadOutcome is what one reload did: what POST /reload will answer.
@@ -85,9 +95,13 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 	g.sets = buildSets(cfg, nil, log)
 	startSets(g.sets)
 	g.handler = proxy.New(g.proxyOptions(cfg))
+	g.metrics = g.metricsHandler()
 	ok := false
 	defer func() {
 		if !ok {
+			if g.adminSrv != nil {
+				_ = g.adminSrv.ln.Close()
+			}
 			for _, l := range g.lns {
 				l.sock.Close()
 			}
@@ -105,6 +119,13 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 		g.lns[key] = l
 		fresh = append(fresh, l)
 	}
+	if cfg.Admin != nil {
+		a, err := bindAdmin(cfg.Admin, in)
+		if err != nil {
+			return nil, err
+		}
+		g.adminSrv = a
+	}
 	in.closeRest()
 	lns := make([]*onceCloseListener, len(fresh))
 	for i, l := range fresh {
@@ -121,8 +142,11 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 		g.serve(l, cfg, lns[i])
 		log.Info("listening", "addr", l.addr, "tls", l.cfg.TLS != nil, "builtin", l.cfg.Builtin)
 	}
+	if g.adminSrv != nil {
+		g.serveAdmin(g.adminSrv, cfg)
+	}
 	ok = true
-	g.handler.SetReady(true) // what /readyz will answer (the admin issue adds it)
+	g.handler.SetReady(true) // what /readyz answers
 	return g, nil
 }
 
@@ -351,6 +375,7 @@ func (g *gateway) reload(source string) reloadOutcome {
 			g.log.Error("config error", "source", source, "error", p)
 		}
 		g.log.Error("config reload failed; keeping the running config", "source", source, "errors", len(problems))
+		g.reloadsFailed.Add(1)
 		return reloadOutcome{Problems: problems}
 	}
 	for _, w := range cfg.Warnings {
@@ -364,8 +389,10 @@ func (g *gateway) reload(source string) reloadOutcome {
 		restat(union(watchedFiles(g.path, running), watchedFiles(g.path, cfg)))
 		g.log.Error("config error", "source", source, "error", err.Error())
 		g.log.Error("config reload failed; keeping the running config", "source", source, "errors", 1)
+		g.reloadsFailed.Add(1)
 		return reloadOutcome{Err: err}
 	}
+	g.reloadsOK.Add(1)
 	restat(watchedFiles(g.path, cfg))
 	g.log.LogAttrs(context.Background(), slog.LevelInfo, "config reloaded", append([]slog.Attr{slog.String("source", source)}, changes...)...)
 	return reloadOutcome{Changes: changes}
@@ -410,7 +437,11 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 		stores []tlsSwap
 		gens   = map[*listener]*onceCloseListener{} // new generations to serve
 	)
+	var newAdmin *adminServer // a new admin listener (added or moved)
 	fail := func(err error) ([]slog.Attr, error) {
+		if newAdmin != nil {
+			_ = newAdmin.ln.Close()
+		}
 		for _, ln := range gens {
 			ln.Close()
 		}
@@ -459,6 +490,14 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 			return fail(err)
 		}
 		gens[l] = ln
+	}
+
+	if cfg.Admin != nil && (g.adminSrv == nil || g.adminSrv.addr != cfg.Admin.Addr) {
+		a, err := bindAdmin(cfg.Admin, nil)
+		if err != nil {
+			return fail(err)
+		}
+		newAdmin = a
 	}
 
 	// 2. Upstreams: new sets carrying the old ones' target state, started
@@ -523,6 +562,7 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 		g.log.Info("listening", "addr", l.addr, "tls", l.cfg.TLS != nil, "builtin", l.cfg.Builtin)
 	}
 	g.pruneRetired()
+	adminChanged := g.applyAdmin(cfg, newAdmin)
 
 	// 5. What changed, for the log line.
 	rAdded, rRemoved, rChanged := diffRoutes(old.Table, cfg.Table)
@@ -536,6 +576,7 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 		slog.Any("listeners_added", lnAdded),
 		slog.Any("listeners_removed", lnRemoved),
 		slog.Any("listeners_changed", lnChanged),
+		slog.String("admin", adminChanged),
 		slog.Int("sessions_unchanged", res.Unchanged),
 		slog.Int("sessions_kept", res.Kept),
 		slog.Int("sessions_draining", res.Draining),
@@ -720,6 +761,16 @@ func (g *gateway) shutdown(delay time.Duration, hurry <-chan struct{}) bool {
 	g.serveWG.Wait()
 	for _, s := range g.sets {
 		s.Close()
+	}
+	// The admin listener goes last: /readyz answers 503 and /metrics
+	// shows the drain until the end.
+	g.mu.Lock()
+	a := g.adminSrv
+	g.mu.Unlock()
+	if a != nil {
+		actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
+		g.stopAdmin(actx, a)
+		acancel()
 	}
 	g.log.Info("drained", "sessions_closed", dr.Closed, "sessions_cut", dr.Cut)
 	if forced {

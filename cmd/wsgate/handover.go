@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -61,6 +62,19 @@ func (g *gateway) handOver(done chan<- struct{}) {
 		// fds[i] becomes descriptor 3+i in the new process.
 		pairs = append(pairs, strconv.Itoa(3+len(fds))+":"+key)
 		fds = append(fds, fd)
+	}
+	if a := g.adminSrv; a != nil {
+		if tl, ok := a.ln.(*net.TCPListener); ok {
+			fd, err := dupSocket(tl)
+			if err != nil {
+				g.mu.Unlock()
+				closeFDs()
+				g.log.Error("hand-over failed", "error", fmt.Sprintf("admin listener: %v", err))
+				return
+			}
+			pairs = append(pairs, strconv.Itoa(3+len(fds))+":"+adminKey(a.addr))
+			fds = append(fds, fd)
+		}
 	}
 	g.handingOver = true
 	g.mu.Unlock()

@@ -224,6 +224,11 @@ wait:
 			g.handOver(handedOver)
 		case <-handedOver:
 			handed = true
+			g.mu.Lock()
+			if a := g.adminSrv; a != nil {
+				_ = a.ln.Close() // the new process answers the admin API on its copy
+			}
+			g.mu.Unlock()
 			break wait
 		case err := <-g.failed:
 			g.log.Error("server failed", "error", err.Error())
