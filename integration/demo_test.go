@@ -86,6 +86,11 @@ func rewriteExample(data []byte, demoAddr string) ([]byte, error) {
 	if demoPort == "" {
 		return nil, errors.New("no listener with builtin: demo")
 	}
+	if adm := mapValue(root, "admin"); adm != nil {
+		if addr := mapValue(adm, "addr"); addr != nil {
+			addr.Value, addr.Style = "127.0.0.1:0", 0 // never the fixed 9901 in tests
+		}
+	}
 	moved := 0
 	if ups := mapValue(root, "upstreams"); ups != nil && ups.Kind == yaml.MappingNode {
 		for i := 1; i < len(ups.Content); i += 2 {

@@ -159,6 +159,9 @@ type gw struct {
 	Listeners []listenAddr
 	// Addr is the first listener that serves routes (not builtin).
 	Addr string
+	// AdminAddr is the admin listener's address, from its "admin
+	// listening" line; "" when the config has none.
+	AdminAddr string
 
 	exited   chan struct{} // closed when the process has exited
 	exitCode int           // set before exited is closed
@@ -230,6 +233,9 @@ func (g *gw) awaitListeners(want int) {
 				isTLS, _ := e["tls"].(bool)
 				builtin, _ := e["builtin"].(string)
 				g.Listeners = append(g.Listeners, listenAddr{Addr: addr, TLS: isTLS, Builtin: builtin})
+			}
+			if e["msg"] == "admin listening" {
+				g.AdminAddr, _ = e["addr"].(string)
 			}
 		}
 		if len(g.Listeners) == want {

@@ -138,12 +138,14 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 		}
 		lns[i] = ln
 	}
+	// The admin line comes before the listening lines: once those are
+	// logged, everything is.
+	if g.adminSrv != nil {
+		g.serveAdmin(g.adminSrv, cfg)
+	}
 	for i, l := range fresh {
 		g.serve(l, cfg, lns[i])
 		log.Info("listening", "addr", l.addr, "tls", l.cfg.TLS != nil, "builtin", l.cfg.Builtin)
-	}
-	if g.adminSrv != nil {
-		g.serveAdmin(g.adminSrv, cfg)
 	}
 	ok = true
 	g.handler.SetReady(true) // what /readyz answers
