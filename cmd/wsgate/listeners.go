@@ -122,7 +122,7 @@ func bind(l config.Listener, key string, in *inherited) (*net.TCPListener, error
 	// HAProxy's defaults): an HTTP connection is bounded by the idle
 	// timeout, and the four setsockopt calls per accept sat on the
 	// latency of every new connection. A WebSocket session turns them on
-	// for its client (proxy.keepAlive).
+	// for its client (wsrelay's keepAlive).
 	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", l.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %q: %w", l.Addr, err)
