@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"regexp"
@@ -161,8 +162,17 @@ func startSession(o *options, target string, repeat int) (*session, error) {
 			"XDG_CONFIG_HOME=" + filepath.Join(dir, "config")}
 	case "wsgate", baseTarget:
 		cfg := filepath.Join(dir, "wsgate.yaml")
+		// The admin listener (and with it the metrics) is on whenever
+		// the build knows it: a base from before it has no admin key.
+		data["Admin"] = true
 		if err := render("wsgate.yaml.tmpl", cfg, data); err != nil {
 			return s, err
+		}
+		if exec.Command(filepath.Join(o.bin, target), "validate", cfg).Run() != nil {
+			data["Admin"] = false
+			if err := render("wsgate.yaml.tmpl", cfg, data); err != nil {
+				return s, err
+			}
 		}
 		argv = []string{filepath.Join(o.bin, target), "-config", cfg, "-access-log=false", "-log-level", "warn"}
 		env = []string{"GOMAXPROCS=1"}
