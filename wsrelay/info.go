@@ -38,7 +38,7 @@ type Flow struct {
 	Bytes    int64 `json:"bytes"`
 }
 
-// Filter selects sessions for [Registry.List]; empty fields match all.
+// Filter selects sessions for [Registry.Sessions]; empty fields match all.
 type Filter struct {
 	Route    string
 	Upstream string
@@ -58,8 +58,9 @@ var (
 	// ErrTooBig: a message to send exceeds MaxSend, or a text message
 	// is not UTF-8.
 	ErrTooBig = errors.New("message too big or not UTF-8")
-	// ErrBusy: the session's backend was in the middle of a fragmented
-	// message for the whole write timeout.
+	// ErrBusy: for the whole write timeout the session did not start,
+	// or its backend was in the middle of a fragmented message or a
+	// large frame.
 	ErrBusy = errors.New("session busy with a fragmented message")
 )
 

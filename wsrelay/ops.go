@@ -154,15 +154,13 @@ func (r *Registry) Broadcast(route string, binary bool, msg []byte) int {
 }
 
 // Send sends one message to the session's client (see Registry.Send). It
-// waits while the backend is in the middle of a fragmented message, up to
-// the session's write timeout.
+// waits, up to the session's write timeout, while the session has not
+// started yet (the 101 is on its way), while a frame to the client is
+// being written (a large one holds the leg for as long as it streams), or
+// while the backend is in the middle of a fragmented message.
 func (s *Session) Send(binary bool, msg []byte) error {
 	if len(msg) > MaxSend || !binary && !utf8.Valid(msg) {
 		return ErrTooBig
-	}
-	l := s.clientLeg()
-	if l == nil {
-		return ErrClosing // not started: there is no client connection yet
 	}
 	opcode := byte(opText)
 	if binary {
@@ -174,35 +172,40 @@ func (s *Session) Send(binary bool, msg []byte) error {
 	}
 	deadline := time.Now().Add(timeout)
 	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 10*time.Millisecond) {
-		l.mu.Lock()
-		if l.closeSent || s.closing() {
-			l.mu.Unlock()
+		if s.closing() {
 			return ErrClosing
 		}
-		if !l.midMessage {
-			h := frameHeader{fin: true, opcode: opcode, length: int64(len(msg))}
-			l.wbuf = appendHeader(l.wbuf[:0], &h)
-			l.writeWithinLocked(timeout)
-			_, err := l.write(l.wbuf)
-			if err == nil {
-				_, err = l.write(msg)
-			}
-			if err != nil {
-				l.breakLocked()
-			}
-			l.mu.Unlock()
-			if err != nil {
+		if l := s.clientLeg(); l != nil && l.mu.TryLock() {
+			if l.closeSent {
+				l.mu.Unlock()
 				return ErrClosing
 			}
-			s.injected.Add(1)
-			return nil
+			if !l.midMessage {
+				h := frameHeader{fin: true, opcode: opcode, length: int64(len(msg))}
+				l.wbuf = appendHeader(l.wbuf[:0], &h)
+				l.writeWithinLocked(timeout)
+				_, err := l.write(l.wbuf)
+				if err == nil {
+					_, err = l.write(msg)
+				}
+				if err != nil {
+					l.breakLocked()
+				}
+				l.mu.Unlock()
+				if err != nil {
+					return ErrClosing
+				}
+				s.injected.Add(1)
+				return nil
+			}
+			l.mu.Unlock()
 		}
-		l.mu.Unlock()
 		if time.Now().After(deadline) {
 			return ErrBusy
 		}
-		// The backend's message is being relayed: its rest comes
-		// within moments (or its write timeout ends the session).
+		// The backend's message is being relayed, or the session is
+		// starting: either takes moments (or the write timeout ends the
+		// session).
 		time.Sleep(wait)
 	}
 }

@@ -694,10 +694,14 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 		if dst.masked {
 			pos = maskBytes(xor, pos, buf[:m])
 		}
+		// The write deadline counts from now, not from the last write:
+		// the read before it may have waited for a sender that paused
+		// mid-frame, which is no fault of dst.
+		if s.write > 0 {
+			dst.writeWithinLocked(s.write)
+		}
 		if _, werr = dst.write(buf[:m]); werr != nil {
 			dst.breakLocked()
-		} else if s.write > 0 {
-			dst.writeWithinLocked(s.write)
 		}
 		s.extendReadDeadline(src)
 	}

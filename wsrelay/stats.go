@@ -39,7 +39,8 @@ type Histogram struct {
 }
 
 // FlowStats is one direction of a route: data messages, their payload
-// bytes and the message size histogram (Sum: bytes of whole messages).
+// bytes and the message size histogram (its Sum is the bytes counter, so
+// it includes messages still in progress).
 type FlowStats struct {
 	Messages int64
 	Bytes    int64
@@ -117,7 +118,8 @@ func (t *routeTotals) observeDuration(d time.Duration) {
 }
 
 // Stats returns what every route's sessions carried, live sessions
-// included, for the metrics. Routes are those any session ever used.
+// included, for the metrics: every route Route ever returned, with zero
+// counts until a session uses it.
 func (r *Registry) Stats() []RouteStats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
