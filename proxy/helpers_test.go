@@ -19,6 +19,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 
+	"github.com/wsgate/wsgate/internal/testnet"
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
 )
@@ -164,18 +165,6 @@ func dialWS(t testing.TB, addr, path string, hdr http.Header) (*websocket.Conn, 
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, resp
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not a wait for an event
-	}
 }
 
 // rawExchange writes a raw request to addr and reads n responses. Each
@@ -426,3 +415,6 @@ func drainErr(h *Handler, ctx context.Context) error {
 	_, err := h.Drain(ctx, 0)
 	return err
 }
+
+// Shared with the other packages' tests.
+var waitFor = testnet.WaitFor

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/wsgate/wsgate/internal/testnet"
 )
 
 // TestRelayMessageTypes: text and binary messages keep their type both
@@ -1016,34 +1017,6 @@ func BenchmarkRelay(b *testing.B) {
 	}
 }
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			c = nil
-		}
-		accepted <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
-
 // TestRelaySlowClient: a client that stops reading makes the proxy's
 // writes time out (WriteTimeout); the client leg is then dead, so the
 // backend must get close 1001 promptly instead of streaming into a void.
@@ -1149,3 +1122,6 @@ func TestRelayHugeDeclaredLength(t *testing.T) {
 		}
 	})
 }
+
+// Shared with the other packages' tests.
+var tcpPair = testnet.TCPPair

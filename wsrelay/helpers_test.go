@@ -5,38 +5,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
-	"testing"
 	"time"
-)
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			c = nil
-		}
-		accepted <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
+	"github.com/wsgate/wsgate/internal/testnet"
+)
 
 // makeFrame encodes one frame by hand: b0 is FIN|RSV|opcode; payload is
 // masked with *key when key is not nil. It uses the minimal length
@@ -123,19 +95,11 @@ func readRawFrame(br *bufio.Reader) (rawFrame, error) {
 	return f, nil
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not a wait for an event
-	}
-}
-
 // hangGuard bounds waits for what must happen at once, in tests whose
 // close-handshake budget is a minute: a test that sees a connection end
 // within hangGuard knows that the path under test did it, not the cut.
 const hangGuard = 20 * time.Second
+
+// Shared with the other packages' tests.
+var tcpPair = testnet.TCPPair
+var waitFor = testnet.WaitFor
