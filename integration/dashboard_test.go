@@ -192,6 +192,8 @@ admin:
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("GET /api/stream without token: status %d, want 401", resp.StatusCode)
 	}
+	// Its log line must be in before openDashboard counts the page's.
+	waitRefusedStreams(t, g, 1)
 
 	step("open the dashboard; it asks for the token")
 	openDashboard(t, b, g, token, func(input string) {

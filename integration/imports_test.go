@@ -2,11 +2,25 @@ package integration
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
 
 const modulePath = "github.com/wsgate/wsgate"
+
+// goList runs go list with args in the module root and returns its
+// output lines.
+func goList(t *testing.T, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"list"}, args...)...)
+	cmd.Dir = moduleRoot
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return lines(string(out))
+}
 
 // deps returns the import paths of the non-standard packages that pkgs
 // depend on (themselves included), as go list -deps reports them.
@@ -25,7 +39,10 @@ func deps(t *testing.T, pkgs ...string) []string {
 // TestImportBoundaries enforces the layout in STYLE.md: only config sees
 // YAML, proxy never imports config, routes, tls and internal/filewatch
 // use the standard library only, and upstream sits below routes, proxy and
-// config.
+// config. wsrelay gets net.Conns, not fasthttp, and knows neither routes,
+// upstreams nor config; internal/netpoll and internal/bufpool use the
+// standard library only; admin is net/http over read-only views; observe
+// is the only package below cmd that imports Prometheus.
 func TestImportBoundaries(t *testing.T) {
 	needBinary(t) // skipped under -short with the rest of the package
 
@@ -52,7 +69,49 @@ func TestImportBoundaries(t *testing.T) {
 		}
 	}
 
-	for _, pkg := range []string{"./routes", "./tls", "./internal/filewatch"} {
+	forbidden := func(pkg string, bad ...string) {
+		t.Helper()
+		for _, p := range deps(t, pkg) {
+			for _, b := range bad {
+				if p == b || strings.HasPrefix(p, b+"/") {
+					t.Errorf("%s depends on %s", pkg, p)
+				}
+			}
+		}
+	}
+	forbidden("./wsrelay", "github.com/valyala/fasthttp", modulePath+"/routes", modulePath+"/upstream",
+		modulePath+"/proxy", modulePath+"/config", "gopkg.in/yaml.v3")
+	forbidden("./admin", "github.com/valyala/fasthttp", "gopkg.in/yaml.v3", modulePath+"/config", modulePath+"/proxy")
+
+	// Prometheus: observe reads the others at scrape time, cmd/wsgate
+	// serves it; no other package of the module links client_golang.
+	const prom = "github.com/prometheus/client_golang"
+	isProm := func(p string) bool { return p == prom || strings.HasPrefix(p, prom+"/") }
+	promUsers := map[string]bool{}
+	pkgs := map[string]bool{}
+	for _, l := range goList(t, "-f", "{{.ImportPath}}{{range .Deps}} {{.}}{{end}}", "./...") {
+		f := strings.Fields(l)
+		pkgs[f[0]] = true
+		if slices.ContainsFunc(f[1:], isProm) {
+			promUsers[f[0]] = true
+		}
+	}
+	for _, p := range []string{"proxy", "wsrelay", "admin", "upstream", "config", "routes", "tls", "observe", "cmd/wsgate"} {
+		if !pkgs[modulePath+"/"+p] {
+			t.Errorf("go list ./... does not list %s/%s", modulePath, p)
+		}
+	}
+	for p := range promUsers {
+		if p != modulePath+"/observe" && p != modulePath+"/cmd/wsgate" {
+			t.Errorf("%s depends on %s; only observe (and cmd/wsgate, through it) may", p, prom)
+		}
+	}
+	// The check above is only worth something if it finds these.
+	if !promUsers[modulePath+"/observe"] || !promUsers[modulePath+"/cmd/wsgate"] {
+		t.Errorf("observe and cmd/wsgate do not both depend on %s (users: %v); the boundary check looks for the wrong path", prom, promUsers)
+	}
+
+	for _, pkg := range []string{"./routes", "./tls", "./internal/filewatch", "./internal/netpoll", "./internal/bufpool"} {
 		for _, p := range deps(t, pkg) {
 			// go list marks standard packages, so any other package
 			// outside this module (a dotted module path like
@@ -60,8 +119,11 @@ func TestImportBoundaries(t *testing.T) {
 			if p != modulePath && !strings.HasPrefix(p, modulePath+"/") {
 				t.Errorf("%s depends on %s; it may use only the standard library", pkg, p)
 			}
+			// The internal packages stand alone: not even another
+			// package of this module.
+			self := modulePath + strings.TrimPrefix(pkg, ".")
 			if p == modulePath+"/proxy" || p == modulePath+"/config" ||
-				(pkg == "./internal/filewatch" && p != modulePath+"/internal/filewatch" && strings.HasPrefix(p, modulePath+"/")) {
+				(strings.HasPrefix(pkg, "./internal/") && p != self && strings.HasPrefix(p, modulePath+"/")) {
 				t.Errorf("%s depends on %s", pkg, p)
 			}
 		}

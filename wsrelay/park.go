@@ -140,9 +140,12 @@ type parkedPump struct {
 }
 
 var (
-	pollers     []*poller // nil if epoll is unavailable
+	pollers     []*poller // nil if epoll is unavailable; set once by pickPoller
 	pollersOnce sync.Once
 	pollerNext  atomic.Uint32
+	// pollersUp is pollers once pickPoller has made them, for readers
+	// that must not make them (Registry.Parked, from a scrape).
+	pollersUp atomic.Pointer[[]*poller]
 )
 
 // pickPoller returns the poller for a new session, or nil when legs
@@ -161,6 +164,7 @@ func pickPoller() *poller {
 		for _, p := range pollers {
 			go p.np.Run(sweepEvery, p.dispatch, p.sweep)
 		}
+		pollersUp.Store(&pollers)
 	})
 	if len(pollers) == 0 {
 		return nil

@@ -454,8 +454,12 @@ func (r *Registry) HandOffs() int64 { return r.handOffs.Load() }
 // Parked counts the legs of r's sessions that wait in a poller, without a
 // goroutine.
 func (r *Registry) Parked() int {
+	ps := pollersUp.Load()
+	if ps == nil {
+		return 0 // no session yet
+	}
 	n := 0
-	for _, p := range pollers {
+	for _, p := range *ps {
 		p.mu.Lock()
 		for _, page := range p.slots.pages {
 			for _, pp := range page {
