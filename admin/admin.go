@@ -74,7 +74,7 @@ type Sessions interface {
 	// [wsrelay.ErrBusy] (503); another error answers 500.
 	Send(id string, binary bool, msg []byte) error
 	// Broadcast sends one message to the client of every live session of
-	// a route and returns how many sessions it was queued on.
+	// a route and returns how many sessions got it.
 	Broadcast(route string, binary bool, msg []byte) (sent int)
 }
 

@@ -29,8 +29,8 @@ func TestAdmin(t *testing.T) {
 		{name: "short token", admin: `{addr: "127.0.0.1:9901", token: abc}`, want: &Admin{Addr: "127.0.0.1:9901", Token: "abc"},
 			warn: `admin.token: 3 bytes is short for a bearer token (want 16 or more, such as from "openssl rand -hex 16")`},
 
-		{name: "no value", admin: ``, err: `admin.addr: required (want host:port, such as "127.0.0.1:9901")`},
-		{name: "empty", admin: `{}`, err: `admin.addr: required (want host:port, such as "127.0.0.1:9901")`},
+		{name: "no value: the default loopback address", admin: ``, want: &Admin{Addr: "127.0.0.1:9901"}},
+		{name: "empty: the default loopback address", admin: `{}`, want: &Admin{Addr: "127.0.0.1:9901"}},
 		{name: "no port", admin: `{addr: 127.0.0.1}`, err: `admin.addr: invalid address "127.0.0.1" (want host:port)`},
 		{name: "bad port", admin: `{addr: "127.0.0.1:99999"}`, err: `admin.addr: invalid port "99999" (want 0 to 65535)`},
 		{name: "host name", admin: `{addr: "admin.internal:9901", token: ` + token + `}`,

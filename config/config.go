@@ -32,6 +32,10 @@ var (
 	}
 )
 
+// defaultAdminAddr is the admin listener's address when the admin
+// section gives none: loopback, like Envoy's admin port.
+const defaultAdminAddr = "127.0.0.1:9901"
+
 const (
 	defaultConnectTimeout   = 5 * time.Second
 	defaultResponseTimeout  = 60 * time.Second
@@ -111,7 +115,7 @@ type Admin struct {
 	// picks a free port. The host is an IP address, "localhost", or none
 	// (":9901") for every interface. A host other than a loopback address
 	// or localhost needs Token. It must not be a listener's address.
-	// Required.
+	// Default 127.0.0.1:9901.
 	Addr string `yaml:"addr"`
 	// Token, when set, is the bearer token the admin API asks for
 	// ("Authorization: Bearer TOKEN"; docs/admin.md says which endpoints

@@ -245,7 +245,9 @@ func setRequestID(ctx *fasthttp.RequestCtx, trusted []netip.Prefix) []byte {
 	var buf [16]byte
 	binary.BigEndian.PutUint64(raw[:], rand.Uint64())
 	hex.Encode(buf[:], raw[:])
-	ctx.Request.Header.DelBytes(hdrRequestID)
+	if len(ctx.Request.Header.PeekBytes(hdrRequestID)) > 0 {
+		ctx.Request.Header.DelBytes(hdrRequestID) // every line the client sent
+	}
 	ctx.Request.Header.SetCanonical(hdrRequestID, buf[:])
 	return ctx.Request.Header.PeekBytes(hdrRequestID)
 }

@@ -454,7 +454,6 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 	s := h.reg.NewSession(wsrelay.Config{
 		Route:       sn.relay[r],
 		Target:      target.URL,
-		Addr:        target.Addr,
 		Client:      remote,
 		Subprotocol: bh.resp.Header.Get("Sec-WebSocket-Protocol"),
 		Deflate:     ext != "",

@@ -28,7 +28,7 @@ func opsRegistry() *Registry {
 // opsConfig is a session's Config as the proxy would make it, on route rt
 // for a client at client.
 func opsConfig(rt *Route, client string) Config {
-	return Config{Route: rt, Target: "http://127.0.0.1:1", Addr: "127.0.0.1:1", Client: client, Idle: time.Hour, Write: time.Minute}
+	return Config{Route: rt, Target: "http://127.0.0.1:1", Client: client, Idle: time.Hour, Write: time.Minute}
 }
 
 // opsPeer is the far end of one of a session's connections, as a test

@@ -345,7 +345,7 @@ func (s *Session) serve(src, dst *leg, now time.Time) bool {
 	switch {
 	case werr == nil || werr == syscall.EAGAIN:
 		if w < k {
-			src.pending = k - w
+			src.pending = int32(k - w)
 			return false // dst.mu stays locked for the pump
 		}
 	default:

@@ -111,9 +111,8 @@ const maxCloses = 50
 // Config is what one session is made of, besides its connections.
 type Config struct {
 	Route *Route
-	// Target is the backend's URL; Addr its host:port (for logs).
+	// Target is the backend's URL, scheme://host:port.
 	Target string
-	Addr   string
 	// Client is the client's address.
 	Client      string
 	Subprotocol string
@@ -141,7 +140,6 @@ func (r *Registry) NewSession(c Config, backend net.Conn, early []byte) *Session
 		route:       c.Route,
 		remote:      c.Client,
 		target:      c.Target,
-		addr:        c.Addr,
 		subprotocol: c.Subprotocol,
 		onEnd:       c.OnEnd,
 		tag:         c.Tag,

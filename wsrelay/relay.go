@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,54 +32,28 @@ const chunkSize = 32 << 10
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
 
 // leg is one side of a session: the client or the backend connection.
+// Its fields are ordered so that it fits the 256-byte size class (small
+// fields last, together): every idle session holds two.
 type leg struct {
 	conn net.Conn
 	// br and raw are used only by the pump whose source is this leg. br
 	// holds no buffer while the leg waits for data (see frameReader); raw,
 	// set for plain TCP, lets an idle leg park in the poller.
-	br  *frameReader
-	raw syscall.RawConn
-	st  pumpState // the message in progress on this leg
-	// park: the pump found the leg idle for parkAfter and should park it.
-	park   bool
+	raw    syscall.RawConn
+	br     *frameReader
 	pl     *poller // the session's poller, nil if legs cannot park
 	parkID uint64  // guarded by the poller's mutex
-	// pending: this many buffered bytes of br are frames prepared for
-	// the other leg, whose mu is locked until the pump writes them (see
-	// serve). Used by whoever reads this leg.
-	pending int
-	// dead: breakLocked closed conn (set before it unparks the leg).
-	dead atomic.Bool
-	// streamed: this leg carried a frame larger than what one read
-	// holds, so its pump keeps its goroutine until the leg has been idle
-	// for parkAfter (see relayFrame). Used by whoever reads this leg.
-	streamed bool
-	// masked: frames written to this leg are masked (wsgate is the client
-	// of the backend); frames read from the other leg then arrive masked.
-	masked bool
 
 	// State of one write or writeNow call on a plain TCP leg.
 	rw netpoll.Writer
 
-	mu sync.Mutex // guards writes to conn and the fields below
-	// closeSent: a close frame is out (or reserved, see reserveClose),
-	// or the leg is dead; nothing more may be written to conn.
-	closeSent bool
-	wbuf      []byte // scratch for headers and control frames
-	writeBy   int64  // unix nanoseconds: the write deadline last set
+	mu      sync.Mutex // guards writes to conn, closeSent, wbuf, writeBy and midMessage
+	wbuf    []byte     // scratch for headers and control frames
+	writeBy int64      // unix nanoseconds: the write deadline last set
 
 	// readBy (unix nanoseconds) is the read deadline last set by the pump
 	// reading this leg; used only by that pump.
 	readBy int64
-
-	// midMessage: the last data frame written to this leg did not end
-	// its message, so nothing else (an injected message) may be written
-	// before the rest. Guarded by mu.
-	midMessage bool
-
-	// Set by the pump reading this leg, read after both pumps end.
-	closeCode   uint16 // close code this leg sent, 0 if none
-	closeReason string
 
 	// What this leg's peer sent, counted as frames pass: written only
 	// by the pump (or poller) reading this leg, read live by the admin
@@ -86,7 +61,35 @@ type leg struct {
 	// first frame, sizes at their last.
 	messages atomic.Int64
 	bytes    atomic.Int64
+	st       pumpState // the message in progress on this leg
 	sizes    sizeCounts
+
+	// pending: this many buffered bytes of br are frames prepared for
+	// the other leg, whose mu is locked until the pump writes them (see
+	// serve). Used by whoever reads this leg.
+	pending int32
+	// dead: breakLocked closed conn (set before it unparks the leg).
+	dead atomic.Bool
+	// closeCode is the close code this leg sent, 0 if none: set by the
+	// pump reading this leg, read after both pumps end.
+	closeCode uint16
+	// park: the pump found the leg idle for parkAfter and should park it.
+	park bool
+	// streamed: this leg carried a frame larger than what one read
+	// holds, so its pump keeps its goroutine until the leg has been idle
+	// for parkAfter (see relayFrame). Used by whoever reads this leg.
+	streamed bool
+	// masked: frames written to this leg are masked (wsgate is the client
+	// of the backend); frames read from the other leg then arrive masked.
+	masked bool
+	// closeSent: a close frame is out (or reserved, see reserveClose),
+	// or the leg is dead; nothing more may be written to conn. Guarded
+	// by mu.
+	closeSent bool
+	// midMessage: the last data frame written to this leg did not end
+	// its message, so nothing else (an injected message) may be written
+	// before the rest. Guarded by mu.
+	midMessage bool
 }
 
 // closer is who closed first when this leg's peer ended the session.
@@ -154,7 +157,6 @@ type Session struct {
 	backend     *leg
 	remote      string // client address, for logs
 	target      string // the backend's URL
-	addr        string // the backend's host:port, for logs
 	subprotocol string
 	onEnd       func() // called once when the session is removed
 	tag         any    // the caller's (see Config.Tag)
@@ -290,7 +292,7 @@ func (s *Session) pumpLoop(src, dst *leg) {
 // not write without waiting (see serve); dst.mu is locked for it.
 func (s *Session) finishPending(src, dst *leg) {
 	defer dst.mu.Unlock()
-	n := src.pending
+	n := int(src.pending)
 	src.pending = 0
 	b, err := src.br.Peek(n) // buffered: Peek does not read
 	if err != nil {
@@ -514,7 +516,7 @@ func (s *Session) relayControl(src, dst *leg, h *frameHeader) bool {
 		s.failProtocol(src, dst, err.(*protocolError))
 		return false
 	}
-	src.closeCode, src.closeReason = cp.code, cp.reason
+	src.closeCode = cp.code
 	s.firstClose(src.closer(), cp.code, cp.reason)
 	s.startClosing()
 	dst.sendClose(relayCloseCode(cp.code), cp.reason)
@@ -995,7 +997,7 @@ func (s *Session) log() {
 		slog.String("session", s.ID()),
 		slog.String("route", s.route.Name),
 		slog.String("client", s.remote),
-		slog.String("backend", s.addr),
+		slog.String("backend", hostPort(s.target)),
 		slog.Int64("duration_ms", time.Since(s.start).Milliseconds()),
 		slog.Int("client_close", int(s.client.closeCode)),
 		slog.Int("backend_close", int(s.backend.closeCode)),
@@ -1006,4 +1008,13 @@ func (s *Session) log() {
 		slog.Int64("backend_messages", s.backend.messages.Load()),
 		slog.Int64("backend_bytes", s.backend.bytes.Load()),
 	)
+}
+
+// hostPort returns the host:port of a target URL (what the logs call the
+// backend): the session keeps only the URL.
+func hostPort(url string) string {
+	if i := strings.Index(url, "://"); i >= 0 {
+		return url[i+3:]
+	}
+	return url
 }

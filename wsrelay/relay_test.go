@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // testSession returns a session between two loopback connections, as
@@ -130,5 +131,17 @@ func TestSessionCutBeforeStart(t *testing.T) {
 	clientPeer.SetReadDeadline(time.Now().Add(hangGuard))
 	if n, err := io.Copy(io.Discard, clientPeer); err != nil || n != 0 {
 		t.Errorf("client connection: %d bytes then %v; want EOF at once", n, err)
+	}
+}
+
+// TestSessionSizeClasses: an idle session holds a Session and two legs,
+// so each must stay within its malloc size class (the idle-memory
+// benchmark compares whole processes; this says which struct grew).
+func TestSessionSizeClasses(t *testing.T) {
+	if n := unsafe.Sizeof(leg{}); n > 256 {
+		t.Errorf("leg is %d bytes, want at most 256 (the next size class is 288)", n)
+	}
+	if n := unsafe.Sizeof(Session{}); n > 288 {
+		t.Errorf("Session is %d bytes, want at most 288 (the next size class is 320)", n)
 	}
 }
