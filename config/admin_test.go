@@ -66,7 +66,7 @@ func TestAdmin(t *testing.T) {
   - addr: 127.0.0.1:0
 routes: [{match: {path: /}, respond: {}}]
 `
-			if tt.admin != "" || tt.err != "" {
+			if tt.admin != "" || tt.err != "" || tt.want != nil {
 				doc += "admin: " + tt.admin + "\n"
 			}
 			name := filepath.Join(t.TempDir(), "config.yaml")

@@ -48,8 +48,8 @@ func (v *validator) config(doc *document) *Config {
 	v.limits(&cfg.Limits)
 	v.timeouts(&cfg.Timeouts)
 	v.listeners(cfg.Listeners)
-	// "admin:" with no value is present: it turns the listener on, and
-	// then needs an addr.
+	// "admin:" with no value is present: it turns the listener on, at
+	// the default address.
 	if cfg.Admin == nil && v.loc.has("admin") {
 		cfg.Admin = &Admin{}
 	}
