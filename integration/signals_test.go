@@ -456,6 +456,7 @@ routes:
   - match: {path_prefix: /}
     upstream: app
 timeouts: {drain: 2s, shutdown_delay: 60s}
+admin: {addr: 127.0.0.1:0}
 `, baddr), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -534,6 +535,25 @@ timeouts: {drain: 2s, shutdown_delay: 60s}
 	}
 	if want := len(oldListeners); len(addrs) != 2*want || !slices.Equal(addrs[:want], addrs[want:]) {
 		t.Errorf("listening lines %q: want the old process's then the same from the new one", addrs)
+	}
+	// The admin listener too: the new process answers on the old one's
+	// address (port 0 in the config), the old one has exited.
+	var admins []string
+	for _, e := range entries {
+		if e["msg"] == "admin listening" {
+			a, _ := e["addr"].(string)
+			admins = append(admins, a)
+		}
+	}
+	if len(admins) != 2 || admins[0] != admins[1] {
+		t.Errorf("admin listening lines %q: want the old process's address, then the same from the new one", admins)
+	} else if resp, err := httpClient().Get("http://" + admins[1] + "/readyz"); err != nil {
+		t.Errorf("admin API after the hand-over: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET /readyz after the hand-over: %d, want 200 from the new process", resp.StatusCode)
+		}
 	}
 
 	// The new process serves sessions, and stops cleanly.
