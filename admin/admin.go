@@ -152,14 +152,25 @@ type handler struct {
 
 	mu       sync.Mutex
 	shutdown map[*http.Server]chan struct{} // guarded by mu
+
+	// closed is closed by Close: the handler is replaced (a new token)
+	// and its streams must not outlive it.
+	closed    chan struct{}
+	closeOnce sync.Once
 }
+
+// Close ends the handler's open streams: a caller that replaces the
+// handler (a reload with a new token) calls it, so that a stream
+// authorised by the old token stops.
+func (h *handler) Close() { h.closeOnce.Do(func() { close(h.closed) }) }
 
 // New returns the admin API and dashboard described in the package
 // documentation, configured by o.
 //
-// The streams of /api/stream end when their request's context ends, and
+// The streams of /api/stream end when their request's context ends,
 // when the http.Server serving them starts its Shutdown, so that
-// Shutdown does not wait for them.
+// Shutdown does not wait for them, and when the handler's Close method
+// (New's result has one) is called.
 func New(o Options) http.Handler {
 	return newHandler(o)
 }
@@ -174,6 +185,7 @@ func newHandler(o Options) *handler {
 		heartbeat:    streamHeartbeat,
 		writeTimeout: streamWriteTimeout,
 		shutdown:     make(map[*http.Server]chan struct{}),
+		closed:       make(chan struct{}),
 	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)

@@ -67,6 +67,8 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-shutdown:
 			return
+		case <-h.closed:
+			return
 		case <-tick.C:
 			if !send(event()) {
 				return

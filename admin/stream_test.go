@@ -191,3 +191,21 @@ func TestStreamAuth(t *testing.T) {
 	r := do(t, srv, "GET", "/api/stream", nil)
 	wantError(t, r, 401)
 }
+
+// TestStreamEndsOnClose: Close ends the handler's streams (a reload
+// replaces the handler with one that has a new token: a stream the old
+// token opened must not go on).
+func TestStreamEndsOnClose(t *testing.T) {
+	h := newHandler(testOptions(newFakeSessions()))
+	h.interval = time.Hour
+	h.heartbeat = time.Hour
+	srv, ended := streamServer(t, h)
+	res, _ := openStream(t, srv)
+	br := bufio.NewReader(res.Body)
+	if ev := nextEvent(t, br); ev.event != "overview" {
+		t.Fatalf("first event %+v, want overview", ev)
+	}
+	New(testOptions(newFakeSessions())).(interface{ Close() }).Close() // another handler: no effect here
+	h.Close()
+	waitEnded(t, ended)
+}

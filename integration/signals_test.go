@@ -545,6 +545,9 @@ admin: {addr: 127.0.0.1:0}
 			admins = append(admins, a)
 		}
 	}
+	if n := h.countLogs("admin server failed"); n != 0 {
+		t.Errorf("%d \"admin server failed\" lines: closing the old process's admin listener is not a failure", n)
+	}
 	if len(admins) != 2 || admins[0] != admins[1] {
 		t.Errorf("admin listening lines %q: want the old process's address, then the same from the new one", admins)
 	} else if resp, err := httpClient().Get("http://" + admins[1] + "/readyz"); err != nil {

@@ -117,7 +117,7 @@ func newSnapshot(o *Options, h *Handler) *snapshot {
 	}
 	for _, r := range sn.table.Routes() {
 		sn.byID[r.ID] = r
-		sn.stats[r] = h.statsFor(r.Name)
+		sn.stats[r] = h.statsFor(metricName(r))
 		if r.Upstream != nil && sn.sets[r.Upstream] == nil {
 			s := sn.byName[r.Upstream.Name]
 			if s == nil {
@@ -129,7 +129,7 @@ func newSnapshot(o *Options, h *Handler) *snapshot {
 			sn.statics[r] = newStatic(r)
 		}
 		if r.Upstream != nil && r.WebSocket.Enabled {
-			sn.relay[r] = h.reg.Route(r.Name, r.Upstream.Name)
+			sn.relay[r] = h.reg.Route(metricName(r), r.Upstream.Name)
 		}
 	}
 	return sn
@@ -163,6 +163,7 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			h.log.Error("panic in handler", "panic", fmt.Sprint(v), "uri", string(ctx.RequestURI()))
 			ctx.Response.Reset()
 			plainError(ctx, fasthttp.StatusInternalServerError, "internal error")
+			ctx.Response.Header.SetCanonical(hdrRequestID, ctx.Request.Header.PeekBytes(hdrRequestID))
 			ctx.SetConnectionClose()
 		}
 	}()

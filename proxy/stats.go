@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -119,6 +120,18 @@ func (h *Handler) statsFor(name string) *routeStats {
 	return st
 }
 
+// metricName is the name r is counted and listed under: its name, or ""
+// for a route the config did not name. Such a route's name ("routes[3]")
+// is its position in the file, which a reload may give to another route,
+// so its sessions and requests count under "" with every other unnamed
+// route's, and with the requests no route matched.
+func metricName(r *routes.Route) string {
+	if strings.HasPrefix(r.ID, "match:") {
+		return "" // package config's ID for a route it did not name
+	}
+	return r.Name
+}
+
 // routeStats returns the counters of r (nil: no route matched).
 func (h *Handler) routeStats(r *routes.Route) *routeStats {
 	if r == nil {
@@ -127,7 +140,7 @@ func (h *Handler) routeStats(r *routes.Route) *routeStats {
 	if st := h.cur.Load().stats[r]; st != nil {
 		return st
 	}
-	return h.statsFor(r.Name) // a request that outlived its config
+	return h.statsFor(metricName(r)) // a request that outlived its config
 }
 
 // methodClass returns the index of m in MethodClasses.

@@ -489,7 +489,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 		go s.Run(conn, early) // the session removes itself when it ends
 	})
 	bh.target.SessionOpened()
-	h.log.Info("websocket opened", "session", s.ID(), "route", r.Name, "client", remote, "backend", target.Addr,
+	h.log.Info("websocket opened", "session", s.ID(), "route", metricName(r), "client", remote, "backend", target.Addr,
 		"subprotocol", bh.resp.Header.Get("Sec-WebSocket-Protocol"), "extensions", ext)
 	return s
 }

@@ -10,13 +10,14 @@ type Info struct {
 	// ID is the session's id: short, unique in the process, also in
 	// the session's log lines.
 	ID string `json:"id"`
-	// Route and Upstream are the names from the config; Target is the
-	// backend URL dialled.
+	// Route and Upstream are the names from the config (Route is ""
+	// for a route the config did not name); Target is the backend URL
+	// dialled.
 	Route    string `json:"route"`
 	Upstream string `json:"upstream"`
 	Target   string `json:"target"`
-	// Client is the client's address (the TCP peer, or the address
-	// X-Forwarded-For gave when the peer is a trusted proxy).
+	// Client is the client's address: the TCP peer (behind a load
+	// balancer, the balancer's address).
 	Client      string    `json:"client"`
 	Subprotocol string    `json:"subprotocol,omitempty"`
 	Started     time.Time `json:"started"`

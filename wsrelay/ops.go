@@ -189,7 +189,7 @@ func (s *Session) Send(binary bool, msg []byte) error {
 					_, err = l.write(msg)
 				}
 				if err != nil {
-					l.breakLocked()
+					l.failLocked(err)
 				}
 				l.mu.Unlock()
 				if err != nil {

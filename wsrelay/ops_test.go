@@ -1098,3 +1098,48 @@ func TestStreamedFramePause(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowClientCutByWsgate: a client that stops reading is cut by
+// wsgate's write timeout; the session's end says wsgate closed first
+// (code 1006: no close frame could go out), not the client.
+func TestSlowClientCutByWsgate(t *testing.T) {
+	reg := opsRegistry()
+	c := opsConfig(reg.Route("chat", "app"), "127.0.0.1:5555")
+	c.Write = 200 * time.Millisecond
+	o := startOps(t, reg, c, true)
+	if tc, ok := o.client.conn.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(4 << 10) // the client reads nothing: fill its buffers soon
+	}
+	// The backend sends until the relay's write to the client times
+	// out and wsgate cuts it; a bounded number of 64 KiB messages is
+	// many times what the socket buffers hold.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		payload := make([]byte, 64<<10)
+		for range 2000 {
+			if _, err := o.backend.conn.Write(makeFrame(0x82, nil, payload)); err != nil {
+				return
+			}
+			if _, ok := reg.Get(o.id); !ok {
+				return
+			}
+		}
+	}()
+	// Once wsgate has cut the client, the session is closing (its 1001
+	// to the backend is out); the backend peer then goes too.
+	waitFor(t, "the session to start closing", hangGuard, func() bool {
+		in, ok := reg.Get(o.id)
+		return !ok || in.Closing
+	})
+	_ = o.backend.conn.Close()
+	<-done
+	o.waitGone()
+	got := reg.Closes()
+	if len(got) != 1 || got[0].ClosedBy != "wsgate" || got[0].Reason != "client write timeout" {
+		t.Fatalf("Closes() = %+v, want one session closed by wsgate, reason \"client write timeout\"", got)
+	}
+	if n := reg.Stats()[0].Ended[EndKey{Code: closeAbnormal, By: "wsgate"}]; n != 1 {
+		t.Errorf("Ended[1006 wsgate] = %d, want 1", n)
+	}
+}

@@ -90,6 +90,9 @@ type leg struct {
 	// its message, so nothing else (an injected message) may be written
 	// before the rest. Guarded by mu.
 	midMessage bool
+	// writeTimedOut: a write to this leg timed out and wsgate cut it
+	// (see failLocked). Guarded by mu.
+	writeTimedOut bool
 }
 
 // closer is who closed first when this leg's peer ended the session.
@@ -303,7 +306,7 @@ func (s *Session) finishPending(src, dst *leg) {
 		dst.writeWithinLocked(s.write)
 	}
 	if _, err := dst.write(b); err != nil {
-		dst.breakLocked()
+		dst.failLocked(err)
 	}
 	_, _ = src.br.Discard(n)
 }
@@ -660,7 +663,7 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 		_, werr := dst.write(b)
 		_, _ = src.br.Discard(total)
 		if werr != nil {
-			dst.breakLocked()
+			dst.failLocked(werr)
 		}
 		return true
 	}
@@ -671,7 +674,7 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 	}
 	_, werr := dst.write(dst.wbuf)
 	if werr != nil {
-		dst.breakLocked()
+		dst.failLocked(werr)
 	}
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
@@ -703,7 +706,7 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 			dst.writeWithinLocked(s.write)
 		}
 		if _, werr = dst.write(buf[:m]); werr != nil {
-			dst.breakLocked()
+			dst.failLocked(werr)
 		}
 		s.extendReadDeadline(src)
 	}
@@ -808,6 +811,14 @@ func (s *Session) failProtocol(src, dst *leg, pe *protocolError) {
 
 // sourceGone handles the end of src's connection without a close frame.
 func (s *Session) sourceGone(src, dst *leg) {
+	src.mu.Lock()
+	timedOut := src.writeTimedOut
+	src.mu.Unlock()
+	if timedOut {
+		// wsgate cut src itself: it did not read what was written to
+		// it within the write timeout.
+		s.firstClose(closedByWsgate, closeAbnormal, src.side()+" write timeout")
+	}
 	s.firstClose(src.closer(), closeAbnormal, "")
 	src.mu.Lock()
 	src.closeSent = true // nothing more can be written to a gone peer
@@ -941,9 +952,19 @@ func (l *leg) writeControl(opcode byte, p []byte, timeout time.Duration) error {
 	l.writeWithinLocked(timeout)
 	_, err := l.write(l.wbuf)
 	if err != nil {
-		l.breakLocked()
+		l.failLocked(err)
 	}
 	return err
+}
+
+// failLocked is breakLocked after a write that failed with err,
+// remembering whether wsgate's write timeout cut the peer (a slow
+// reader) rather than the peer going away. l.mu must be held.
+func (l *leg) failLocked(err error) {
+	if isTimeout(err) {
+		l.writeTimedOut = true
+	}
+	l.breakLocked()
 }
 
 // breakLocked marks l dead after a failed or unfinished write and closes

@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/wsgate/wsgate/admin"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/observe"
+	wstls "github.com/wsgate/wsgate/tls"
 	"github.com/wsgate/wsgate/upstream"
 	"github.com/wsgate/wsgate/wsrelay"
 )
@@ -65,6 +68,8 @@ func bindAdmin(ac *config.Admin, in *inherited) (*adminServer, error) {
 func (g *gateway) applyAdmin(cfg *config.Config, a *adminServer) string {
 	old := g.adminSrv
 	switch {
+	case a == nil && old == nil:
+		return "" // none before, none now
 	case a != nil:
 		g.adminSrv = a
 		g.serveAdmin(a, cfg)
@@ -103,7 +108,9 @@ func (g *gateway) serveAdmin(a *adminServer, cfg *config.Config) {
 	}
 	go func() {
 		defer close(a.done)
-		if err := a.srv.Serve(a.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// net.ErrClosed: the listener was closed on purpose (after a
+		// hand-over the new process serves it).
+		if err := a.srv.Serve(a.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			g.log.Error("admin server failed", "addr", a.ln.Addr().String(), "error", err.Error())
 		}
 	}()
@@ -117,14 +124,18 @@ func (g *gateway) setAdminHandler(a *adminServer, cfg *config.Config) {
 		Sessions:  sessionsAPI{g.handler.Registry()},
 		Upstreams: g.upstreamStatus,
 		Routes:    g.routeNames,
-		Config:    func() any { return g.config().Redacted() },
+		Config:    func() any { return g.live().cfg.Redacted() },
 		Reload:    g.adminReload,
 		Ready:     g.ready,
 		Metrics:   g.metrics,
 		Overview:  g.overview,
 		Logger:    g.log,
 	})
-	a.handler.Store(&h)
+	if old := a.handler.Swap(&h); old != nil {
+		if c, ok := (*old).(interface{ Close() }); ok {
+			c.Close() // its streams were authorised by the old token
+		}
+	}
 }
 
 // stopAdmin shuts a down within ctx: its open requests (a dashboard's
@@ -139,6 +150,33 @@ func (g *gateway) stopAdmin(ctx context.Context, a *adminServer) {
 	}
 	<-a.done
 }
+
+// liveView is what the admin API and the metrics read of the running
+// config. It is published whole after a start, a reload or the start of a
+// shutdown, and read without g.mu: apply holds g.mu for as long as a
+// reload takes (up to 5 s waiting for DNS), and a probe must not wait for
+// that.
+type liveView struct {
+	cfg      *config.Config
+	sets     map[string]*upstream.Set
+	stores   []*wstls.Store
+	stopping bool
+}
+
+// publish makes the current state the live view. g.mu held (or g not
+// yet shared).
+func (g *gateway) publish() {
+	lv := &liveView{cfg: g.cfg, sets: g.sets, stopping: g.stopping}
+	for _, key := range slices.Sorted(maps.Keys(g.lns)) {
+		if s := g.lns[key].store; s != nil {
+			lv.stores = append(lv.stores, s)
+		}
+	}
+	g.view.Store(lv)
+}
+
+// live returns the live view.
+func (g *gateway) live() *liveView { return g.view.Load() }
 
 // sessionsAPI is the registry as the admin API uses it.
 type sessionsAPI struct{ reg *wsrelay.Registry }
@@ -156,13 +194,13 @@ func (s sessionsAPI) Broadcast(route string, binary bool, msg []byte) int {
 }
 
 // upstreamStatus returns every upstream of the running config, by name.
+// It does not wait for a reload in progress (see live).
 func (g *gateway) upstreamStatus() []upstream.SetStatus {
-	g.mu.Lock()
-	sets := make([]*upstream.Set, 0, len(g.sets))
-	for _, s := range g.sets {
+	lv := g.live()
+	sets := make([]*upstream.Set, 0, len(lv.sets))
+	for _, s := range lv.sets {
 		sets = append(sets, s)
 	}
-	g.mu.Unlock()
 	slices.SortFunc(sets, func(a, b *upstream.Set) int {
 		if a.Name() < b.Name() {
 			return -1
@@ -179,11 +217,13 @@ func (g *gateway) upstreamStatus() []upstream.SetStatus {
 	return out
 }
 
-// routeNames returns the names of the running config's routes.
+// routeNames returns the names of the running config's named routes:
+// what a broadcast may name (an unnamed route's sessions are listed
+// under route "").
 func (g *gateway) routeNames() []string {
 	var names []string
-	for _, r := range g.config().Table.Routes() {
-		if r.Name != "" {
+	for _, r := range g.live().cfg.Table.Routes() {
+		if !strings.HasPrefix(r.ID, "match:") {
 			names = append(names, r.Name)
 		}
 	}
@@ -194,16 +234,14 @@ func (g *gateway) routeNames() []string {
 // and, with admin.ready_requires_healthy_targets, not while an upstream
 // a route uses has no healthy target.
 func (g *gateway) ready() (bool, string) {
+	lv := g.live()
 	if !g.handler.Ready() {
-		g.mu.Lock()
-		stopping := g.stopping
-		g.mu.Unlock()
-		if stopping {
+		if lv.stopping {
 			return false, "shutting down"
 		}
 		return false, "starting"
 	}
-	cfg := g.config()
+	cfg := lv.cfg
 	if cfg.Admin == nil || !cfg.Admin.ReadyRequiresHealthyTargets {
 		return true, ""
 	}
@@ -307,14 +345,9 @@ func (g *gateway) metricsHandler() http.Handler {
 
 // certificates returns the certificates of every TLS listener.
 func (g *gateway) certificates() []observe.Certificate {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	var out []observe.Certificate
-	for _, l := range g.lns {
-		if l.store == nil {
-			continue
-		}
-		for _, c := range l.store.Certificates() {
+	for _, s := range g.live().stores {
+		for _, c := range s.Certificates() {
 			out = append(out, observe.Certificate{File: c.CertFile, Subject: c.Subject, NotAfter: c.NotAfter})
 		}
 	}

@@ -58,6 +58,9 @@ type gateway struct {
 	stats []filewatch.Stat
 	files []string
 
+	// view is what the admin API and the metrics read without mu (see
+	// liveView); publish replaces it.
+	view atomic.Pointer[liveView]
 	// adminSrv is the admin listener; nil when the config has none.
 	// Guarded by mu.
 	adminSrv *adminServer
@@ -138,6 +141,7 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 		}
 		lns[i] = ln
 	}
+	g.publish()
 	// The admin line comes before the listening lines: once those are
 	// logged, everything is.
 	if g.adminSrv != nil {
@@ -565,6 +569,7 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 	}
 	g.pruneRetired()
 	adminChanged := g.applyAdmin(cfg, newAdmin)
+	g.publish()
 
 	// 5. What changed, for the log line.
 	rAdded, rRemoved, rChanged := diffRoutes(old.Table, cfg.Table)
@@ -666,6 +671,7 @@ func diffTargets(a, b map[string]*upstream.Set) (added, removed []string) {
 func (g *gateway) shutdown(delay time.Duration, hurry <-chan struct{}) bool {
 	g.mu.Lock()
 	g.stopping = true
+	g.publish()
 	g.handler.SetReady(false)
 	cfg := g.cfg
 	g.mu.Unlock()

@@ -226,7 +226,10 @@ wait:
 			handed = true
 			g.mu.Lock()
 			if a := g.adminSrv; a != nil {
-				_ = a.ln.Close() // the new process answers the admin API on its copy
+				// The new process answers the admin API on its copy;
+				// connections here end after their current request.
+				a.srv.SetKeepAlivesEnabled(false)
+				_ = a.ln.Close()
 			}
 			g.mu.Unlock()
 			break wait
