@@ -120,8 +120,16 @@ func (r *Registry) Send(id string, binary bool, msg []byte) error {
 	return s.Send(binary, msg)
 }
 
+// broadcastWait bounds how long Broadcast waits for one session to reach
+// a message boundary: a session busy longer than that is skipped (not
+// counted), so that a broadcast over many busy sessions ends in moments,
+// not in a write timeout per 16 sessions.
+const broadcastWait = time.Second
+
 // Broadcast sends one message to the client of every live session of the
-// route named route and returns how many were sent.
+// route named route and returns how many were sent. A session whose
+// backend is in the middle of a fragmented message (or a large frame) for
+// longer than a second is skipped.
 func (r *Registry) Broadcast(route string, binary bool, msg []byte) int {
 	r.mu.Lock()
 	var list []*Session
@@ -139,7 +147,7 @@ func (r *Registry) Broadcast(route string, binary bool, msg []byte) int {
 	for range min(len(list), 16) {
 		wg.Go(func() {
 			for s := range next {
-				if s.Send(binary, msg) == nil {
+				if s.send(binary, msg, broadcastWait) == nil {
 					sent.Add(1)
 				}
 			}
@@ -159,6 +167,15 @@ func (r *Registry) Broadcast(route string, binary bool, msg []byte) int {
 // being written (a large one holds the leg for as long as it streams), or
 // while the backend is in the middle of a fragmented message.
 func (s *Session) Send(binary bool, msg []byte) error {
+	timeout := s.write
+	if timeout <= 0 {
+		timeout = closeWait
+	}
+	return s.send(binary, msg, timeout)
+}
+
+// send is Send waiting at most wait for a message boundary.
+func (s *Session) send(binary bool, msg []byte, wait time.Duration) error {
 	if len(msg) > MaxSend || !binary && !utf8.Valid(msg) {
 		return ErrTooBig
 	}
@@ -170,8 +187,8 @@ func (s *Session) Send(binary bool, msg []byte) error {
 	if timeout <= 0 {
 		timeout = closeWait
 	}
-	deadline := time.Now().Add(timeout)
-	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 10*time.Millisecond) {
+	deadline := time.Now().Add(wait)
+	for pause := 100 * time.Microsecond; ; pause = min(2*pause, 10*time.Millisecond) {
 		if s.closing() {
 			return ErrClosing
 		}
@@ -206,6 +223,6 @@ func (s *Session) Send(binary bool, msg []byte) error {
 		// The backend's message is being relayed, or the session is
 		// starting: either takes moments (or the write timeout ends the
 		// session).
-		time.Sleep(wait)
+		time.Sleep(pause)
 	}
 }

@@ -1143,3 +1143,36 @@ func TestSlowClientCutByWsgate(t *testing.T) {
 		t.Errorf("Ended[1006 wsgate] = %d, want 1", n)
 	}
 }
+
+// TestBroadcastSkipsBusySession: a broadcast does not wait a write
+// timeout (here an hour) for a session whose backend stopped in the
+// middle of a fragmented message: it skips that one after a second and
+// reaches the others.
+func TestBroadcastSkipsBusySession(t *testing.T) {
+	reg := opsRegistry()
+	rt := reg.Route("chat", "app")
+	c := opsConfig(rt, "127.0.0.1:5555")
+	c.Write = time.Hour
+	busy := startOps(t, reg, c, false)
+	idle := startOps(t, reg, c, false)
+	busy.backend.send(0x01, []byte("first half")) // text, not final
+	if f := busy.client.read(); f.fin || f.opcode != opText || string(f.payload) != "first half" {
+		t.Fatalf("busy client got opcode %d fin %v %q, want the first fragment", f.opcode, f.fin, f.payload)
+	}
+	sent := make(chan int, 1)
+	go func() { sent <- reg.Broadcast("chat", false, []byte("news")) }()
+	select {
+	case n := <-sent:
+		if n != 1 {
+			t.Errorf("Broadcast = %d, want 1 (the idle session; the busy one skipped)", n)
+		}
+	case <-time.After(hangGuard):
+		t.Fatal("Broadcast still waiting for the busy session")
+	}
+	idle.client.readData(opText, []byte("news"))
+	busy.backend.send(0x80, []byte(" and the rest")) // continuation, final
+	f := busy.client.read()
+	if f.opcode != 0 || !f.fin || string(f.payload) != " and the rest" {
+		t.Errorf("busy client got opcode %d fin %v %q, want the final continuation and nothing injected", f.opcode, f.fin, f.payload)
+	}
+}
