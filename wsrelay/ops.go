@@ -69,6 +69,24 @@ func (r *Registry) Sessions(f Filter) []Info {
 	return out
 }
 
+// Newest returns the n sessions that started last, the newest first, and
+// how many are live: what a dashboard shows, without an Info for every
+// session.
+func (r *Registry) Newest(n int) ([]Info, int) {
+	r.mu.Lock()
+	list := make([]*Session, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		list = append(list, s)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(list, func(a, b *Session) int { return cmp.Compare(b.id, a.id) })
+	out := make([]Info, min(n, len(list)))
+	for i := range out {
+		out[i] = list[i].Info()
+	}
+	return out, len(list)
+}
+
 // lookup returns the live session with the given id.
 func (r *Registry) lookup(id string) *Session {
 	n, err := strconv.ParseUint(id, 36, 64)

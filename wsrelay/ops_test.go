@@ -1176,3 +1176,24 @@ func TestBroadcastSkipsBusySession(t *testing.T) {
 		t.Errorf("busy client got opcode %d fin %v %q, want the final continuation and nothing injected", f.opcode, f.fin, f.payload)
 	}
 }
+
+// TestNewest: the newest sessions first, capped, with the live count.
+func TestNewest(t *testing.T) {
+	reg := opsRegistry()
+	c := opsConfig(reg.Route("chat", "app"), "127.0.0.1:5555")
+	var ids []string
+	for range 4 {
+		ids = append(ids, startOps(t, reg, c, false).id)
+	}
+	got, total := reg.Newest(3)
+	if total != 4 || len(got) != 3 || got[0].ID != ids[3] || got[1].ID != ids[2] || got[2].ID != ids[1] {
+		var gotIDs []string
+		for _, in := range got {
+			gotIDs = append(gotIDs, in.ID)
+		}
+		t.Errorf("Newest(3) = %v, %d; want %v, 4", gotIDs, total, []string{ids[3], ids[2], ids[1]})
+	}
+	if got, total := reg.Newest(10); len(got) != 4 || total != 4 {
+		t.Errorf("Newest(10) = %d sessions, %d; want 4, 4", len(got), total)
+	}
+}

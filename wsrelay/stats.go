@@ -121,15 +121,39 @@ func (t *routeTotals) observeDuration(d time.Duration) {
 // included, for the metrics: every route Route ever returned, with zero
 // counts until a session uses it.
 func (r *Registry) Stats() []RouteStats {
+	// Under the lock only copies: the live sessions and each route's
+	// totals, taken together, so that a session ending meanwhile counts
+	// once (its final counters in the live sum, not in the copied
+	// totals). The sums, which take each session's endMu, come after:
+	// adding and removing sessions does not wait for a walk over
+	// every session.
+	type routeCopy struct {
+		rt     *Route
+		totals routeTotals
+	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	list := make([]*Session, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		list = append(list, s)
+	}
+	routes := make([]routeCopy, 0, len(r.routes))
+	for _, rt := range r.routes {
+		c := routeCopy{rt: rt, totals: rt.totals}
+		c.totals.ended = make(map[EndKey]int64, len(rt.totals.ended))
+		for k, v := range rt.totals.ended {
+			c.totals.ended[k] = v
+		}
+		routes = append(routes, c)
+	}
+	r.mu.Unlock()
+
 	type acc struct {
 		open       int
 		fromClient flowTotals
 		fromBack   flowTotals
 	}
-	live := make(map[*Route]*acc, len(r.routes))
-	for _, s := range r.sessions {
+	live := make(map[*Route]*acc, len(routes))
+	for _, s := range list {
 		a := live[s.route]
 		if a == nil {
 			a = &acc{}
@@ -141,20 +165,17 @@ func (r *Registry) Stats() []RouteStats {
 		}
 		a.fromBack.add(s.backend)
 	}
-	out := make([]RouteStats, 0, len(r.routes))
-	for _, rt := range r.routes {
-		t := &rt.totals
+	out := make([]RouteStats, 0, len(routes))
+	for _, rc := range routes {
+		t := &rc.totals
 		fc, fb := t.fromClient, t.fromBackend
-		st := RouteStats{Route: rt.Name, Upstream: rt.Upstream, Opened: t.opened, Ended: make(map[EndKey]int64, len(t.ended))}
-		if a := live[rt]; a != nil {
+		st := RouteStats{Route: rc.rt.Name, Upstream: rc.rt.Upstream, Opened: t.opened, Ended: t.ended}
+		if a := live[rc.rt]; a != nil {
 			st.Open = a.open
 			fc.merge(&a.fromClient)
 			fb.merge(&a.fromBack)
 		}
 		st.FromClient, st.FromBackend = fc.stats(), fb.stats()
-		for k, v := range t.ended {
-			st.Ended[k] = v
-		}
 		st.Durations = Histogram{Counts: append([]uint64(nil), t.durations[:]...), Sum: t.durationSum}
 		out = append(out, st)
 	}

@@ -313,14 +313,8 @@ func (g *gateway) overview() admin.Overview {
 	for _, name := range order {
 		ov.Routes = append(ov.Routes, *byRoute[name])
 	}
-	sessions := reg.Sessions(wsrelay.Filter{})
-	ov.SessionsTotal = len(sessions)
 	// The newest sessions: those an operator just opened or is chasing.
-	if len(sessions) > maxOverviewSessions {
-		sessions = sessions[len(sessions)-maxOverviewSessions:]
-	}
-	slices.Reverse(sessions)
-	ov.Sessions = sessions
+	ov.Sessions, ov.SessionsTotal = reg.Newest(maxOverviewSessions)
 	return ov
 }
 
