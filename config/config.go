@@ -436,6 +436,15 @@ type WebSocket struct {
 	// OnChangeReason is the close reason sent with OnChangeCode, at most
 	// 123 bytes. Default "service restart".
 	OnChangeReason *string `yaml:"on_change_reason"`
+	// Subprotocols is the allow-list of subprotocols (tokens, compared
+	// exactly): the client's Sec-WebSocket-Protocol offer is filtered to
+	// it before the backend is dialled, in the client's order. Default
+	// empty: the offer passes untouched.
+	Subprotocols []string `yaml:"subprotocols"`
+	// RequireSubprotocol, with Subprotocols, refuses (400) a handshake
+	// whose offer holds none of them, an empty offer included; when false
+	// such a handshake goes on without a subprotocol. Default true.
+	RequireSubprotocol *bool `yaml:"require_subprotocol"`
 }
 
 // Respond answers every matching request with a fixed status and body.

@@ -1065,15 +1065,31 @@ func (v *validator) websocket(path string, w *WebSocket) routes.WebSocket {
 	} else if !utf8.ValidString(*w.OnChangeReason) {
 		v.atf(path+".on_change_reason", "not valid UTF-8")
 	}
+	seen := map[string]int{}
+	for i, p := range w.Subprotocols {
+		ppath := fmt.Sprintf("%s.subprotocols[%d]", path, i)
+		if !isToken(p) {
+			v.atf(ppath, "invalid subprotocol %q (want a token, such as %q)", p, "chat.v2")
+		} else if j, dup := seen[p]; dup {
+			v.atf(ppath, "duplicate subprotocol %q (first at subprotocols[%d])", p, j)
+		}
+		seen[p] = i
+	}
+	if w.RequireSubprotocol == nil {
+		require := true
+		w.RequireSubprotocol = &require
+	}
 	return routes.WebSocket{
-		Enabled:          *w.Enabled,
-		Origins:          w.Origins,
-		MaxMessageSize:   int64(w.MaxMessageSize),
-		IdleTimeout:      w.IdleTimeout,
-		HandshakeTimeout: w.HandshakeTimeout,
-		OnChange:         action,
-		CloseCode:        uint16(w.OnChangeCode),
-		CloseReason:      *w.OnChangeReason,
+		Subprotocols:       w.Subprotocols,
+		RequireSubprotocol: *w.RequireSubprotocol,
+		Enabled:            *w.Enabled,
+		Origins:            w.Origins,
+		MaxMessageSize:     int64(w.MaxMessageSize),
+		IdleTimeout:        w.IdleTimeout,
+		HandshakeTimeout:   w.HandshakeTimeout,
+		OnChange:           action,
+		CloseCode:          uint16(w.OnChangeCode),
+		CloseReason:        *w.OnChangeReason,
 	}
 }
 

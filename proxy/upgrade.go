@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,6 +63,34 @@ func acceptKey(key string) string {
 	return base64.StdEncoding.EncodeToString(h.Sum(nil))
 }
 
+// filterSubprotocols applies the route's subprotocol allow-list to the
+// client's offer, before the backend sees it: the offer keeps the allowed
+// protocols in the client's order (every Sec-WebSocket-Protocol line,
+// RFC 6455 §11.3.4, becomes one). It reports false when the route
+// requires a subprotocol and none of the offer is allowed; without that
+// requirement the offer is then dropped, and the handshake goes on
+// without a subprotocol.
+func filterSubprotocols(hd *fasthttp.RequestHeader, ws *routes.WebSocket) bool {
+	if len(ws.Subprotocols) == 0 {
+		return true
+	}
+	var kept []string
+	for _, line := range hd.PeekAll("Sec-WebSocket-Protocol") {
+		for p := range strings.SplitSeq(string(line), ",") {
+			p = strings.TrimSpace(p)
+			if slices.Contains(ws.Subprotocols, p) && !slices.Contains(kept, p) {
+				kept = append(kept, p)
+			}
+		}
+	}
+	hd.Del("Sec-WebSocket-Protocol")
+	if len(kept) == 0 {
+		return !ws.RequireSubprotocol
+	}
+	hd.Set("Sec-WebSocket-Protocol", strings.Join(kept, ", "))
+	return true
+}
+
 // originAllowed applies the route's Origin allow-list. A request without
 // Origin passes: browsers always send one, and the list exists to stop
 // cross-site pages (RFC 6455 §10.2), not non-browser clients.
@@ -98,6 +127,11 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *rout
 	if !originAllowed(ctx, r.WebSocket.Origins) {
 		plainError(ctx, fasthttp.StatusForbidden, "origin not allowed")
 		h.logRequest(ctx, r, fasthttp.StatusForbidden, "")
+		return
+	}
+	if !filterSubprotocols(&ctx.Request.Header, &r.WebSocket) {
+		plainError(ctx, fasthttp.StatusBadRequest, "no allowed subprotocol offered")
+		h.logRequest(ctx, r, fasthttp.StatusBadRequest, "")
 		return
 	}
 	if !h.reg.BeginUpgrade() {

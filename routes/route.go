@@ -85,6 +85,11 @@ type WebSocket struct {
 	// reload ends (drain or close): 1012 "service restart" by default.
 	CloseCode   uint16
 	CloseReason string
+	// Subprotocols, when not empty, is the allow-list the client's
+	// subprotocol offer is filtered to; with RequireSubprotocol an offer
+	// left empty is refused (400).
+	Subprotocols       []string
+	RequireSubprotocol bool
 }
 
 // ChangeAction is what a reload does to an open WebSocket session whose
