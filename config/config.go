@@ -445,6 +445,14 @@ type WebSocket struct {
 	// whose offer holds none of them, an empty offer included; when false
 	// such a handshake goes on without a subprotocol. Default true.
 	RequireSubprotocol *bool `yaml:"require_subprotocol"`
+	// MaxSessions caps the route's WebSocket sessions in this process,
+	// handshakes in progress included: beyond it a handshake gets 503
+	// with Retry-After before the backend is dialled. Default 0: no cap.
+	MaxSessions int `yaml:"max_sessions"`
+	// MaxSessionsPerIP caps them per client address (behind
+	// trusted_proxies, the address X-Forwarded-For gives): beyond it 429
+	// with Retry-After. Default 0: no cap.
+	MaxSessionsPerIP int `yaml:"max_sessions_per_ip"`
 }
 
 // Respond answers every matching request with a fixed status and body.

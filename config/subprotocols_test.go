@@ -44,3 +44,28 @@ func TestSubprotocols(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionCaps: websocket.max_sessions and max_sessions_per_ip are
+// compiled into the route; negative values are errors.
+func TestSessionCaps(t *testing.T) {
+	parse := func(ws string) (*Config, error) {
+		doc := "listeners: [{addr: 127.0.0.1:0}]\nupstreams: {app: {targets: [\"http://127.0.0.1:1\"]}}\n" +
+			"routes:\n  - match: {path_prefix: /}\n    upstream: app\n    websocket: " + ws + "\n"
+		return Parse(filepath.Join(t.TempDir(), "config.yaml"), []byte(doc))
+	}
+	cfg, err := parse(`{max_sessions: 100, max_sessions_per_ip: 5}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws := cfg.Table.Routes()[0].WebSocket; ws.MaxSessions != 100 || ws.MaxSessionsPerIP != 5 {
+		t.Errorf("MaxSessions, MaxSessionsPerIP = %d, %d; want 100, 5", ws.MaxSessions, ws.MaxSessionsPerIP)
+	}
+	for _, c := range []struct{ ws, err string }{
+		{`{max_sessions: -1}`, `routes[0].websocket.max_sessions: must not be negative`},
+		{`{max_sessions_per_ip: -2}`, `routes[0].websocket.max_sessions_per_ip: must not be negative`},
+	} {
+		if _, err := parse(c.ws); err == nil || !strings.Contains(err.Error(), c.err) {
+			t.Errorf("websocket: %s: error %v, want %q", c.ws, err, c.err)
+		}
+	}
+}

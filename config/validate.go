@@ -1075,6 +1075,12 @@ func (v *validator) websocket(path string, w *WebSocket) routes.WebSocket {
 		}
 		seen[p] = i
 	}
+	if w.MaxSessions < 0 {
+		v.atf(path+".max_sessions", "must not be negative (0: no cap)")
+	}
+	if w.MaxSessionsPerIP < 0 {
+		v.atf(path+".max_sessions_per_ip", "must not be negative (0: no cap)")
+	}
 	if w.RequireSubprotocol == nil {
 		require := true
 		w.RequireSubprotocol = &require
@@ -1082,6 +1088,8 @@ func (v *validator) websocket(path string, w *WebSocket) routes.WebSocket {
 	return routes.WebSocket{
 		Subprotocols:       w.Subprotocols,
 		RequireSubprotocol: *w.RequireSubprotocol,
+		MaxSessions:        w.MaxSessions,
+		MaxSessionsPerIP:   w.MaxSessionsPerIP,
 		Enabled:            *w.Enabled,
 		Origins:            w.Origins,
 		MaxMessageSize:     int64(w.MaxMessageSize),

@@ -66,6 +66,11 @@ type Handler struct {
 	stats   map[string]*routeStats // guarded by statsMu
 	noRoute *routeStats            // requests that matched no route
 
+	// limits count the WebSocket sessions of routes that have session
+	// limits, by route ID (see admitSession).
+	limitsMu sync.Mutex
+	limits   map[string]*sessionLimits // guarded by limitsMu
+
 	// reloadDrain is the drain window of the last Reload (unix
 	// nanoseconds as a duration).
 	reloadDrain atomic.Int64
@@ -150,6 +155,7 @@ func New(o Options) *Handler {
 	}
 	h.reg = wsrelay.NewRegistry(wsrelay.Options{Logger: h.log, CloseWait: h.closeWait})
 	h.stats = map[string]*routeStats{}
+	h.limits = map[string]*sessionLimits{}
 	h.noRoute = h.statsFor("")
 	h.cur.Store(newSnapshot(&o, h))
 	return h

@@ -134,7 +134,19 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *rout
 		h.logRequest(ctx, r, fasthttp.StatusBadRequest, "")
 		return
 	}
+	slot, status := h.admitSession(ctx, sn, r)
+	if status != 0 {
+		msg := "too many websocket sessions on this route"
+		if status == fasthttp.StatusTooManyRequests {
+			msg = "too many websocket sessions from this address"
+		}
+		plainError(ctx, status, msg)
+		ctx.Response.Header.Set("Retry-After", "1")
+		h.logRequest(ctx, r, status, "")
+		return
+	}
 	if !h.reg.BeginUpgrade() {
+		slot.release()
 		plainError(ctx, fasthttp.StatusServiceUnavailable, "shutting down")
 		ctx.SetConnectionClose()
 		h.logRequest(ctx, r, fasthttp.StatusServiceUnavailable, "")
@@ -142,6 +154,9 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *rout
 	}
 	var s *wsrelay.Session
 	defer func() {
+		if s == nil {
+			slot.release() // the handshake failed: no session holds it
+		}
 		if h.reg.EndUpgrade(s) {
 			h.recheck(s)
 		}
@@ -176,7 +191,7 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *rout
 		h.relayRefusal(ctx, r, bh)
 		return
 	}
-	s = h.upgradeClient(ctx, sn, r, bh)
+	s = h.upgradeClient(ctx, sn, r, bh, slot)
 }
 
 // backendHandshake is the backend's answer to wsgate's upgrade request.
@@ -466,7 +481,7 @@ func (b *refusalBody) Close() error {
 // upgradeClient answers the client's handshake with a 101 carrying the
 // backend's choices (subprotocol, extensions, cookies and other end-to-end
 // headers) and hands the connection to a relay session.
-func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, bh *backendHandshake) *wsrelay.Session {
+func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, bh *backendHandshake, slot *sessionSlot) *wsrelay.Session {
 	_ = bh.conn.SetDeadline(time.Time{})
 	ext := bh.resp.Header.Get("Sec-WebSocket-Extensions")
 	for name, vs := range bh.resp.Header {
@@ -485,6 +500,13 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 
 	remote := ctx.RemoteAddr().String()
 	target := bh.target
+	onEnd := target.SessionClosed
+	if slot != nil {
+		onEnd = func() {
+			target.SessionClosed()
+			slot.release()
+		}
+	}
 	s := h.reg.NewSession(wsrelay.Config{
 		Route:       sn.relay[r],
 		Target:      target.URL,
@@ -494,7 +516,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 		MaxMessage:  r.WebSocket.MaxMessageSize,
 		Idle:        r.WebSocket.IdleTimeout,
 		Write:       sn.write,
-		OnEnd:       target.SessionClosed,
+		OnEnd:       onEnd,
 		Tag:         &wsTag{route: r, target: target},
 	}, bh.conn, takeBuffered(bh.br))
 	// fasthttp runs the hijack handler after writing the 101; it may skip

@@ -90,6 +90,11 @@ type WebSocket struct {
 	// left empty is refused (400).
 	Subprotocols       []string
 	RequireSubprotocol bool
+	// MaxSessions caps the route's sessions in this process, handshakes
+	// in progress included (503 beyond it); MaxSessionsPerIP caps them per
+	// client address (429). 0: no cap.
+	MaxSessions      int
+	MaxSessionsPerIP int
 }
 
 // ChangeAction is what a reload does to an open WebSocket session whose
