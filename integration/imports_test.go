@@ -40,9 +40,10 @@ func deps(t *testing.T, pkgs ...string) []string {
 // YAML, proxy never imports config, routes, tls and internal/filewatch
 // use the standard library only, and upstream sits below routes, proxy and
 // config. wsrelay gets net.Conns, not fasthttp, and knows neither routes,
-// upstreams nor config; internal/netpoll and internal/bufpool use the
-// standard library only; admin is net/http over read-only views; observe
-// is the only package below cmd that imports Prometheus.
+// upstreams nor config; internal/netpoll, internal/bufpool and
+// internal/testnet use the standard library only; admin is net/http over
+// read-only views; observe is the only package below cmd that imports
+// Prometheus.
 func TestImportBoundaries(t *testing.T) {
 	needBinary(t) // skipped under -short with the rest of the package
 
@@ -111,7 +112,7 @@ func TestImportBoundaries(t *testing.T) {
 		t.Errorf("observe and cmd/wsgate do not both depend on %s (users: %v); the boundary check looks for the wrong path", prom, promUsers)
 	}
 
-	for _, pkg := range []string{"./routes", "./tls", "./internal/filewatch", "./internal/netpoll", "./internal/bufpool"} {
+	for _, pkg := range []string{"./routes", "./tls", "./internal/filewatch", "./internal/netpoll", "./internal/bufpool", "./internal/testnet"} {
 		for _, p := range deps(t, pkg) {
 			// go list marks standard packages, so any other package
 			// outside this module (a dotted module path like

@@ -874,8 +874,7 @@ func (b *responseBody) count() {
 		status = 499
 		b.stats.clientGone.Add(1)
 	}
-	c := min(max(status/100-1, 0), len(StatusClasses)-1)
-	b.stats.requests[b.method][c].Add(1)
+	b.stats.requests[b.method][statusClass(status)].Add(1)
 	b.stats.duration.observe(time.Since(b.start))
 }
 

@@ -164,14 +164,16 @@ func methodClass(m []byte) int {
 	return 7
 }
 
+// statusClass returns the index in StatusClasses of status (a status
+// outside 100-599, which wsgate does not send, counts as 5xx).
+func statusClass(status int) int {
+	return min(max(status/100-1, 0), len(StatusClasses)-1)
+}
+
 // count counts one answered request of route r.
 func (h *Handler) count(ctx *fasthttp.RequestCtx, r *routes.Route, status int, d time.Duration) {
 	st := h.routeStats(r)
-	c := status/100 - 1
-	if c < 0 || c >= len(StatusClasses) {
-		c = len(StatusClasses) - 1 // not sent by wsgate; be safe
-	}
-	st.requests[methodClass(ctx.Method())][c].Add(1)
+	st.requests[methodClass(ctx.Method())][statusClass(status)].Add(1)
 	st.duration.observe(d)
 	if status == 499 {
 		st.clientGone.Add(1)

@@ -141,10 +141,6 @@ func (g *gateway) setAdminHandler(a *adminServer, cfg *config.Config) {
 // stopAdmin shuts a down within ctx: its open requests (a dashboard's
 // stream) end then at the latest.
 func (g *gateway) stopAdmin(ctx context.Context, a *adminServer) {
-	if a.srv == nil {
-		_ = a.ln.Close()
-		return
-	}
 	if a.srv.Shutdown(ctx) != nil {
 		_ = a.srv.Close()
 	}
@@ -201,15 +197,7 @@ func (g *gateway) upstreamStatus() []upstream.SetStatus {
 	for _, s := range lv.sets {
 		sets = append(sets, s)
 	}
-	slices.SortFunc(sets, func(a, b *upstream.Set) int {
-		if a.Name() < b.Name() {
-			return -1
-		}
-		if a.Name() > b.Name() {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(sets, func(a, b *upstream.Set) int { return strings.Compare(a.Name(), b.Name()) })
 	out := make([]upstream.SetStatus, len(sets))
 	for i, s := range sets {
 		out[i] = s.Status()
