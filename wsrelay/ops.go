@@ -17,7 +17,7 @@ func (s *Session) Info() Info {
 	in := Info{
 		ID: s.ID(), Route: s.route.Name, Upstream: s.route.Upstream, Target: s.target,
 		Client: s.remote, Subprotocol: s.subprotocol, Started: s.start,
-		LastActive: time.Unix(0, s.lastActive.Load()),
+		LastActive: time.Unix(0, s.lastActive()),
 		Closing:    s.closing(),
 		Injected:   s.injected.Load(),
 		FromBackend: Flow{
@@ -25,7 +25,7 @@ func (s *Session) Info() Info {
 			Bytes:    s.backend.bytes.Load(),
 		},
 	}
-	if s.lastActive.Load() == 0 {
+	if in.LastActive.UnixNano() == 0 {
 		in.LastActive = s.start
 	}
 	if c := s.clientLeg(); c != nil {

@@ -49,6 +49,8 @@ type poller struct {
 
 	mu    sync.Mutex
 	slots parkSlots // guarded by mu
+
+	pings []parkedPump // used by sweep only: kept between sweeps
 }
 
 // parkSlots holds the parked legs of a poller in fixed pages of slots
@@ -324,6 +326,16 @@ func (s *Session) serve(src, dst *leg, now time.Time) bool {
 	// A read that filled the buffer may have left more in the socket:
 	// with edge-triggered events only a goroutine reads it.
 	full := br.w == len(*br.bp)
+	if m, own := ownPong(br.bufferedAfter(0)); own {
+		// The answer to wsgate's keepalive ping: consumed here, so an
+		// idle leg answering pings never needs a goroutine.
+		src.lastRead.Store(now.UnixNano())
+		_, _ = br.Discard(m)
+		if br.Buffered() == 0 && !full {
+			br.release()
+			return true
+		}
+	}
 	if !dst.mu.TryLock() {
 		return false // a write to dst is in progress: the pump waits for it
 	}
@@ -332,14 +344,14 @@ func (s *Session) serve(src, dst *leg, now time.Time) bool {
 		return false
 	}
 	b := br.bufferedAfter(0)
-	k := s.prepare(src, dst, &src.st, b)
-	dst.midMessage = src.st.inMessage // dst.mu is held until the k bytes are out
+	k := s.prepare(src, dst, &src.st, b, now.UnixNano())
 	if k == 0 {
 		dst.mu.Unlock()
 		src.streamed = src.streamed || full || incompleteFrame(b)
 		return false
 	}
-	s.lastActive.Store(now.UnixNano())
+	dst.midMessage = src.st.inMessage // dst.mu is held until the k bytes are out
+	src.lastRead.Store(now.UnixNano())
 	w, werr := dst.writeNow(b[:k])
 	_, _ = br.Discard(w)
 	switch {
@@ -376,16 +388,25 @@ func incompleteFrame(b []byte) bool {
 // The mutex is held for one page at a time, so parking and unparking on
 // other goroutines wait for at most parkPage checks, however many legs
 // are parked.
+//
+// It also sends the keepalive pings due on parked legs (see pingNow),
+// outside the mutex.
 func (p *poller) sweep(now time.Time) {
-	for _, pp := range p.takeDue(now) {
+	wake, ping := p.takeDue(now)
+	for _, pp := range wake {
 		p.handOff(pp)
 	}
+	for _, pp := range ping {
+		pp.s.pingNow(pp.src, now.UnixNano())
+	}
+	clear(ping) // the slice is kept for the next sweep: drop the pointers
+	p.pings = ping[:0]
 }
 
 // takeDue takes the parked pumps that are due (see sweep) out of the
-// poller.
-func (p *poller) takeDue(now time.Time) []parkedPump {
-	var wake []parkedPump
+// poller, and lists the parked legs due for a keepalive ping.
+func (p *poller) takeDue(now time.Time) (wake, ping []parkedPump) {
+	ping = p.pings
 	for pg := 0; ; pg++ {
 		p.mu.Lock()
 		if pg >= len(p.slots.pages) {
@@ -394,23 +415,38 @@ func (p *poller) takeDue(now time.Time) []parkedPump {
 		}
 		page := p.slots.pages[pg]
 		for i := range page {
-			if pp := page[i]; pp.src != nil && pp.s.due(now) {
+			pp := page[i]
+			switch {
+			case pp.src == nil:
+			case pp.s.due(pp.src, now):
 				p.slots.remove(pp.src.parkID)
 				wake = append(wake, pp)
+			case pp.s.pingSoon(pp.src, now.UnixNano()):
+				ping = append(ping, pp)
 			}
 		}
 		p.mu.Unlock()
 	}
-	return wake
+	return wake, ping
 }
 
-// due reports whether a parked pump of s must go back to its goroutine:
-// the session is closing, or its idle deadline is near enough that the
-// sweep's granularity would make it late. Back on its goroutine the pump
-// waits with an exact read deadline (canPark keeps it there).
-func (s *Session) due(now time.Time) bool {
+// due reports whether the parked pump of s reading src must go back to
+// its goroutine: the session is closing, or its idle deadline (or src's
+// ping timeout) is near enough that the sweep's granularity would make
+// it late. Back on its goroutine the pump waits with an exact read
+// deadline (canPark keeps it there).
+func (s *Session) due(src *leg, now time.Time) bool {
 	if s.closing() {
 		return true
 	}
-	return s.idle > 0 && s.idleLeft(now) <= parkMargin
+	return s.idle > 0 && s.idleLeft(now) <= parkMargin ||
+		s.policy().PingInterval > 0 && s.pingNear(src, now.UnixNano())
+}
+
+// pingSoon reports whether src is due for a keepalive ping by the next
+// sweep: pings go out up to half a sweep early, so that none is more
+// than half a sweep late.
+func (s *Session) pingSoon(src *leg, now int64) bool {
+	at, dead := s.pingDue(src)
+	return at != 0 && !dead && now >= at-int64(sweepEvery/2)
 }

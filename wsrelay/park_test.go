@@ -18,6 +18,7 @@ func TestServePartialWrite(t *testing.T) {
 	s, clientPeer, backendPeer := testSession(t)
 	s.client = newLeg(s.client.conn, nil, false)
 	s.backend = newLeg(s.backend.conn, nil, true)
+	touch(s)
 	s.pumpsRun = 1
 	// Small socket buffers toward the backend, which does not read yet.
 	if err := s.backend.conn.(*net.TCPConn).SetWriteBuffer(4 << 10); err != nil {
@@ -101,6 +102,7 @@ func TestBatchStopsAtHugeFrame(t *testing.T) {
 			s, clientPeer, backendPeer := testSession(t)
 			s.client = newLeg(s.client.conn, nil, false)
 			s.backend = newLeg(s.backend.conn, nil, true)
+			touch(s)
 			if _, err := clientPeer.Write(append(bytes.Clone(small), huge...)); err != nil {
 				t.Fatal(err)
 			}
@@ -179,35 +181,66 @@ func TestParkSlots(t *testing.T) {
 }
 
 // TestTakeDue: the sweep finds due legs on every page of slots (it locks
-// one page at a time) and leaves the others parked.
+// one page at a time) and leaves the others parked; it lists the legs
+// due for a keepalive ping and leaves them parked too.
 func TestTakeDue(t *testing.T) {
 	p := &poller{}
 	now := time.Now()
-	quiet := &Session{idle: time.Hour}
-	quiet.lastActive.Store(now.UnixNano())
-	closing := &Session{idle: time.Hour}
-	closing.lastActive.Store(now.UnixNano())
+	session := func(idle time.Duration, active time.Time, pol *Policy) *Session {
+		s := &Session{idle: idle, client: &leg{}, backend: &leg{masked: true}}
+		s.SetPolicy(pol)
+		s.client.lastRead.Store(active.UnixNano())
+		s.backend.lastRead.Store(active.UnixNano())
+		return s
+	}
+	pings := &Policy{PingInterval: 30 * time.Second, PingTimeout: 10 * time.Second}
+	quiet := session(time.Hour, now, noPolicy)
+	closing := session(time.Hour, now, noPolicy)
 	closing.closeBy.Store(now.Add(closeWait).UnixNano())
-	idleSoon := &Session{idle: time.Minute}
-	idleSoon.lastActive.Store(now.Add(-time.Minute + parkMargin/2).UnixNano())
+	idleSoon := session(time.Minute, now.Add(-time.Minute+parkMargin/2), noPolicy)
+	// Quiet for 29.6 s: pinged by this sweep (half a sweep early).
+	pingDue := session(time.Hour, now.Add(-30*time.Second+sweepEvery/3), pings)
+	// Quiet for 20 s: not yet.
+	pingLater := session(time.Hour, now.Add(-20*time.Second), pings)
+	// Pinged 9 s ago, no answer: its timeout is within parkMargin.
+	pingOut := session(time.Hour, now.Add(-40*time.Second), pings)
+	pingOut.client.pingAt.Store(now.Add(-9 * time.Second).UnixNano())
+	// Pinged 1 s ago: waits in the poller for the answer.
+	pingWait := session(time.Hour, now.Add(-40*time.Second), pings)
+	pingWait.client.pingAt.Store(now.Add(-time.Second).UnixNano())
 
 	due := map[*leg]bool{}
+	toPing := map[*leg]bool{}
 	n := 3*parkPage + 7
 	for i := range n {
 		s := quiet
-		switch {
-		case i == parkPage+3:
+		switch i {
+		case parkPage + 3:
 			s = closing
-		case i == n-1:
+		case n - 1:
 			s = idleSoon
+		case 5:
+			s = pingDue
+		case 6:
+			s = pingLater
+		case 2*parkPage + 1:
+			s = pingOut
+		case 2*parkPage + 2:
+			s = pingWait
 		}
-		l := &leg{}
+		l := s.client
+		if s == quiet {
+			l = &leg{}
+		}
 		p.slots.add(parkedPump{s: s, src: l})
-		if s != quiet {
+		switch s {
+		case closing, idleSoon, pingOut:
 			due[l] = true
+		case pingDue:
+			toPing[l] = true
 		}
 	}
-	got := p.takeDue(now)
+	got, ping := p.takeDue(now)
 	if len(got) != len(due) {
 		t.Fatalf("took %d due legs, want %d", len(got), len(due))
 	}
@@ -219,6 +252,14 @@ func TestTakeDue(t *testing.T) {
 			t.Error("a taken leg is still parked")
 		}
 	}
+	if len(ping) != len(toPing) {
+		t.Fatalf("%d legs to ping, want %d", len(ping), len(toPing))
+	}
+	for _, pp := range ping {
+		if !toPing[pp.src] {
+			t.Errorf("a leg not due is to be pinged (session %p)", pp.s)
+		}
+	}
 	left := 0
 	for _, page := range p.slots.pages {
 		for _, pp := range page {
@@ -227,7 +268,7 @@ func TestTakeDue(t *testing.T) {
 			}
 		}
 	}
-	if left != n-len(due) {
+	if left != n-len(due) { // the legs to ping stay parked
 		t.Errorf("%d legs still parked, want %d", left, n-len(due))
 	}
 }

@@ -1,6 +1,7 @@
 package wsrelay
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"math/rand/v2"
@@ -86,6 +87,8 @@ type Route struct {
 	Upstream string
 
 	totals routeTotals // guarded by the registry's mu
+	// What the policies did to each side (see Actions).
+	clientActions, backendActions actionCounts
 }
 
 // Route returns the route named name on upstream: the same one for the
@@ -124,6 +127,9 @@ type Config struct {
 	MaxMessage int64
 	Idle       time.Duration
 	Write      time.Duration
+	// Policy is what wsgate enforces on the session beyond RFC 6455;
+	// nil: nothing.
+	Policy *Policy
 	// OnEnd is called once when the session ends (or is abandoned).
 	OnEnd func()
 	// Tag is the caller's: [Session.Tag] returns it.
@@ -134,7 +140,7 @@ type Config struct {
 // it), not yet registered: pass it to EndUpgrade, then Run it with the
 // client's connection.
 func (r *Registry) NewSession(c Config, backend net.Conn, early []byte) *Session {
-	return &Session{
+	s := &Session{
 		reg:         r,
 		id:          r.nextID.Add(1),
 		route:       c.Route,
@@ -150,6 +156,8 @@ func (r *Registry) NewSession(c Config, backend net.Conn, early []byte) *Session
 		write:       c.Write,
 		backend:     newLeg(backend, early, true),
 	}
+	s.pol.Store(cmp.Or(c.Policy, noPolicy))
+	return s
 }
 
 // ID returns the session's id: short, unique in the process.

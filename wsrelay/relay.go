@@ -32,7 +32,7 @@ const chunkSize = 32 << 10
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
 
 // leg is one side of a session: the client or the backend connection.
-// Its fields are ordered so that it fits the 256-byte size class (small
+// Its fields are ordered so that it fits the 288-byte size class (small
 // fields last, together): every idle session holds two.
 type leg struct {
 	conn net.Conn
@@ -63,6 +63,16 @@ type leg struct {
 	bytes    atomic.Int64
 	st       pumpState // the message in progress on this leg
 	sizes    sizeCounts
+
+	// lastRead is when the last frame came from this leg's peer (unix
+	// nanoseconds), written by whoever reads the leg; pingAt is when
+	// wsgate last sent it a keepalive ping: the ping is out while pingAt
+	// is later than lastRead.
+	lastRead atomic.Int64
+	pingAt   atomic.Int64
+	// tat is the rate limit's state for the peer's messages (see
+	// ratelimit.Limit.Allow); used by whoever reads the leg.
+	tat int64
 
 	// pending: this many buffered bytes of br are frames prepared for
 	// the other leg, whose mu is locked until the pump writes them (see
@@ -170,9 +180,8 @@ type Session struct {
 	maxMessage int64
 	idle       time.Duration
 	write      time.Duration
-
-	lastActive atomic.Int64 // unix nanoseconds of the last frame either way
-	injected   atomic.Int64 // messages Send wrote to the client
+	pol        atomic.Pointer[Policy] // never nil (see policy)
+	injected   atomic.Int64           // messages Send wrote to the client
 	// closeBy is 0 while the session is open; once the closing handshake
 	// starts it holds the unix nanoseconds by which both legs must be
 	// done, and every read deadline is set to it.
@@ -225,11 +234,15 @@ var clientKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, 
 // on a goroutine, one of them the caller's. early holds client bytes read
 // before the connection was handed over.
 func (s *Session) Run(client net.Conn, early []byte) {
-	s.lastActive.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	s.backend.lastRead.Store(now)
 	s.pl = pickPoller()
 	s.backend.pl = s.pl
 	keepAlive(client)
+	s.policy().setUserTimeout(client)
+	s.policy().setUserTimeout(s.backend.conn)
 	cl := newLeg(client, early, false)
+	cl.lastRead.Store(now)
 	cl.pl = s.pl
 	s.endMu.Lock()
 	s.client = cl
@@ -410,8 +423,16 @@ func (s *Session) CloseClient(code uint16, reason string) {
 // source.
 type pumpState struct {
 	fromClient bool
-	inMessage  bool  // a fragmented data message is in progress
-	msgSize    int64 // payload bytes of the current message so far
+	inMessage  bool // a fragmented data message is in progress
+	// text: the message is text to check as UTF-8 (see utf8Masked),
+	// utf8 the check's state after its bytes so far.
+	text bool
+	utf8 uint8
+	// dropping: the message is over the rate and is being dropped.
+	dropping bool
+	// badText: forward found invalid UTF-8 in a streamed frame.
+	badText bool
+	msgSize int64 // payload bytes of the current message so far
 }
 
 // relayFrame reads one frame from src and deals with it: data frames are
@@ -457,7 +478,7 @@ func (s *Session) relayFrame(src, dst *leg, st *pumpState) bool {
 		s.extendReadDeadline(src)
 	}
 	now = time.Now()
-	s.lastActive.Store(now.UnixNano())
+	src.lastRead.Store(now.UnixNano())
 
 	if h.isControl() {
 		if !s.relayControl(src, dst, &h) {
@@ -465,6 +486,34 @@ func (s *Session) relayFrame(src, dst *leg, st *pumpState) bool {
 		}
 		src.br.release()
 		return true
+	}
+	if h.opcode != opContinuation {
+		st.text = h.opcode == opText && s.policy().ValidateUTF8 && h.rsv&0x40 == 0
+		st.utf8 = utf8Accept
+		st.dropping = false
+		if !s.policy().MessageRate.Allow(&src.tat, now.UnixNano()) {
+			if s.policy().DropOverRate {
+				st.dropping = true
+				s.actions(src).dropped.Add(1)
+			} else {
+				s.overRate(src)
+			}
+		}
+	}
+	if st.dropping {
+		// A message over the rate is dropped whole: every frame of it.
+		st.inMessage = !h.fin
+		st.dropping = !h.fin
+		if discard(src.br, int64(h.size)+h.length) != nil {
+			s.sourceGone(src, dst)
+			return false
+		}
+		src.br.release()
+		return true
+	}
+	if st.text && !s.textOK(src, &h, st) {
+		s.failProtocol(src, dst, errInvalidText)
+		return false
 	}
 	if h.opcode != opContinuation {
 		st.msgSize = 0
@@ -490,8 +539,47 @@ func (s *Session) relayFrame(src, dst *leg, st *pumpState) bool {
 		s.sourceGone(src, dst)
 		return false
 	}
+	if st.badText {
+		s.failProtocol(src, dst, errInvalidText)
+		return false
+	}
 	src.br.release()
 	return true
+}
+
+// errInvalidText answers text that is not UTF-8 (RFC 6455 §8.1).
+var errInvalidText = &protocolError{code: closeInvalidData, reason: "invalid UTF-8 in a text message"}
+
+// textOK checks the payload of the text frame h as UTF-8, carrying on
+// from the message's frames before it, when the frame is whole in src's
+// buffer (forward checks a larger one as it streams). It reports false
+// for invalid text, or a message that ends inside a character.
+func (s *Session) textOK(src *leg, h *frameHeader, st *pumpState) bool {
+	if h.length > int64(src.br.Size()-h.size) {
+		return true
+	}
+	b, err := src.br.Peek(h.size + int(h.length))
+	if err != nil {
+		return true // the read fails again in forward, which handles it
+	}
+	u := utf8Masked(st.utf8, b[h.size:], h.mask, 0)
+	if u == utf8Reject || h.fin && u != utf8Accept {
+		return false
+	}
+	st.utf8 = u
+	return true
+}
+
+// overRate closes the session because src sent a message over the
+// rate: 1008 to it, 1001 to the other side. The message is read and
+// dropped like any after a close.
+func (s *Session) overRate(src *leg) {
+	s.actions(src).rateLimited.Add(1)
+	if src == s.client {
+		s.closeBoth(closePolicyViolation, closeRateReason, closeGoingAway, "client message rate exceeded")
+	} else {
+		s.closeBoth(closeGoingAway, "backend message rate exceeded", closePolicyViolation, closeRateReason)
+	}
 }
 
 // relayControl handles a control frame whose header is h: a close ends
@@ -509,6 +597,9 @@ func (s *Session) relayControl(src, dst *leg, h *frameHeader) bool {
 	_, _ = src.br.Discard(total)
 	if h.masked {
 		maskBytes(h.mask, 0, p)
+	}
+	if h.opcode == opPong && isPingToken(p, &frameHeader{}) {
+		return true // the answer to wsgate's own ping: consumed
 	}
 	if h.opcode != opClose {
 		_ = dst.writeControl(h.opcode, p, s.write)
@@ -543,7 +634,14 @@ func (s *Session) onTimeout(src *leg) bool {
 		// set just before the closing started may fire earlier.
 		return now < by
 	}
-	if s.idle > 0 && time.Duration(now-s.lastActive.Load()) >= s.idle {
+	if at, dead := s.pingDue(src); at != 0 && now >= at {
+		if dead {
+			s.pingTimeout(src, s.other(src))
+			return false
+		}
+		s.ping(src, now)
+	}
+	if s.idle > 0 && time.Duration(now-s.lastActiveRun()) >= s.idle {
 		s.closeBoth(closeGoingAway, "idle timeout", closeGoingAway, "idle timeout")
 		return true // read the close replies until closeBy
 	}
@@ -562,12 +660,21 @@ func (s *Session) canPark(src *leg) bool { return s.canParkAt(src, time.Now()) }
 
 func (s *Session) canParkAt(src *leg, now time.Time) bool {
 	return parking && src.raw != nil && src.br.idle() && s.closeBy.Load() == 0 &&
-		(s.idle <= 0 || s.idleLeft(now) > parkMargin)
+		(s.idle <= 0 || s.idleLeft(now) > parkMargin) &&
+		(s.policy().PingInterval <= 0 || !s.pingNear(src, now.UnixNano()))
+}
+
+// other returns the leg that is not l.
+func (s *Session) other(l *leg) *leg {
+	if l == s.client {
+		return s.backend
+	}
+	return s.client
 }
 
 // idleLeft is the time until the idle timeout closes the session.
 func (s *Session) idleLeft(now time.Time) time.Duration {
-	return time.Unix(0, s.lastActive.Load()).Add(s.idle).Sub(now)
+	return time.Unix(0, s.lastActiveRun()).Add(s.idle).Sub(now)
 }
 
 // check validates a frame header against RFC 6455 §5 and the message
@@ -625,7 +732,8 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 	if dst.closeSent {
 		return discard(src.br, int64(h.size)) == nil && discard(src.br, h.length) == nil
 	}
-	var xor [4]byte // old key XOR new key: re-masks in one pass
+	srcKey := h.mask // the key the payload is masked with as read
+	var xor [4]byte  // old key XOR new key: re-masks in one pass
 	if dst.masked {
 		newKey := rand.Uint32()
 		old := h.mask
@@ -658,7 +766,7 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 		// partly because the peers' ACKs then sent the held segments on
 		// the peers' CPU, and a sender that pauses mid-message would
 		// see its bytes held.
-		total += s.batch(src, dst, st, total)
+		total += s.batch(src, dst, st, total, now.UnixNano())
 		b, _ = src.br.Peek(total)
 		_, werr := dst.write(b)
 		_, _ = src.br.Discard(total)
@@ -679,7 +787,7 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := *bp
-	pos := 0
+	pos, textPos := 0, 0
 	for remaining := h.length; remaining > 0; {
 		n := min(int64(len(buf)), remaining)
 		m, err := src.br.Read(buf[:n])
@@ -695,6 +803,19 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 		remaining -= int64(m)
 		if werr != nil {
 			continue // keep reading src in step; dst is dead
+		}
+		if st.text {
+			// Checked before it goes out. Invalid text in a frame this
+			// large is found with part of the frame already sent, so
+			// dst is cut: no close frame can follow a partial frame.
+			u := utf8Masked(st.utf8, buf[:m], srcKey, textPos)
+			textPos += m
+			if u == utf8Reject || remaining == 0 && h.fin && u != utf8Accept {
+				st.badText = true
+				dst.breakLocked()
+				return true
+			}
+			st.utf8 = u
 		}
 		if dst.masked {
 			pos = maskBytes(xor, pos, buf[:m])
@@ -716,17 +837,18 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 // batch prepares the data frames that follow the first n buffered bytes
 // of src and are already complete in its buffer (see prepare), and
 // returns the number of bytes prepared.
-func (s *Session) batch(src, dst *leg, st *pumpState, n int) int {
-	return s.prepare(src, dst, st, src.br.bufferedAfter(n))
+func (s *Session) batch(src, dst *leg, st *pumpState, n int, now int64) int {
+	return s.prepare(src, dst, st, src.br.bufferedAfter(n), now)
 }
 
 // prepare readies the complete data frames at the start of b for dst:
 // each is checked and counted like relayFrame does, and re-masked in
 // place toward the backend. It stops at anything relayFrame must handle
-// itself — a control frame, a protocol error, a message over the limit,
-// an incomplete frame — and returns the number of bytes prepared. The
-// caller holds dst.mu and has checked that dst is open.
-func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte) int {
+// itself — a control frame, a protocol error, a message over the limit
+// or the rate, invalid text, an incomplete frame — and returns the
+// number of bytes prepared. The caller holds dst.mu and has checked that
+// dst is open.
+func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte, now int64) int {
 	added := 0
 	var messages, bytes int64
 	defer func() {
@@ -752,12 +874,28 @@ func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte) int {
 		if h.opcode == opContinuation {
 			msg = addLength(st.msgSize, h.length)
 		}
-		if s.maxMessage > 0 && msg > s.maxMessage {
+		if s.maxMessage > 0 && msg > s.maxMessage || st.dropping {
 			return added
 		}
+		text, u := st.text, st.utf8
 		if h.opcode != opContinuation {
+			text, u = h.opcode == opText && s.policy().ValidateUTF8 && h.rsv&0x40 == 0, utf8Accept
+		}
+		if text {
+			u = utf8Masked(u, rest[h.size:size], h.mask, 0)
+			if u == utf8Reject || h.fin && u != utf8Accept {
+				return added
+			}
+		}
+		if h.opcode != opContinuation {
+			// Last, as it takes a token: relayFrame asks again for a
+			// message stopped here.
+			if !s.policy().MessageRate.Allow(&src.tat, now) {
+				return added
+			}
 			messages++
 		}
+		st.text, st.utf8 = text, u
 		st.msgSize = msg
 		bytes += h.length // whole frames in one read: no overflow
 		st.inMessage = !h.fin
@@ -795,9 +933,19 @@ func discard(br *frameReader, n int64) error {
 // end right after the close frame (RFC 6455 §7.1.7).
 func (s *Session) failProtocol(src, dst *leg, pe *protocolError) {
 	s.reg.log.Info("websocket protocol error", "session", s.ID(), "route", s.route.Name, "side", src.side(), "error", pe.reason)
-	if src == s.client {
+	switch {
+	case pe.code == closeInvalidData:
+		// RFC 6455 §8.1: 1007 to the sender; the other side just loses
+		// its peer.
+		s.actions(src).invalidUTF8.Add(1)
+		if src == s.client {
+			s.closeBoth(pe.code, pe.reason, closeGoingAway, "client sent invalid UTF-8")
+		} else {
+			s.closeBoth(closeGoingAway, "backend sent invalid UTF-8", pe.code, pe.reason)
+		}
+	case src == s.client:
 		s.closeBoth(pe.code, pe.reason, closeGoingAway, "client protocol error")
-	} else {
+	default:
 		s.closeBoth(closeInternalError, "backend protocol error", pe.code, pe.reason)
 	}
 	closeWrite(src.conn)
@@ -845,7 +993,17 @@ func (s *Session) setReadDeadline(src *leg, now time.Time) {
 	var dl time.Time
 	slack := s.idle / 16
 	if s.idle > 0 {
-		dl = time.Unix(0, s.lastActive.Load()).Add(s.idle)
+		dl = time.Unix(0, s.lastActiveRun()).Add(s.idle)
+	}
+	if at, dead := s.pingDue(src); at != 0 {
+		if dead {
+			// A ping is out: its answer may already wait in the socket
+			// (this pump was busy writing), so the read gets a moment.
+			at = max(at, now.Add(5*time.Millisecond).UnixNano())
+		}
+		if t := time.Unix(0, at); dl.IsZero() || t.Before(dl) {
+			dl, slack = t, s.policy().PingTimeout/16
+		}
 	}
 	if s.canParkAt(src, now) {
 		if p := now.Add(parkAfter); dl.IsZero() || p.Before(dl) {
@@ -876,14 +1034,19 @@ func (s *Session) extendReadDeadline(src *leg) {
 	if s.closeBy.Load() != 0 {
 		return
 	}
+	// The frame's bytes show the peer alive: no keepalive ping is due,
+	// and a deadline set for one must not cut the frame.
 	if s.idle > 0 {
 		now := time.Now()
-		s.lastActive.Store(now.UnixNano())
+		src.lastRead.Store(now.UnixNano())
 		src.readBy = now.Add(s.idle).UnixNano()
 		_ = src.conn.SetReadDeadline(now.Add(s.idle))
-	} else if parking {
+	} else if parking || s.policy().PingInterval > 0 {
+		if s.policy().PingInterval > 0 {
+			src.lastRead.Store(time.Now().UnixNano())
+		}
 		src.readBy = 0
-		_ = src.conn.SetReadDeadline(time.Time{}) // lift the parking deadline
+		_ = src.conn.SetReadDeadline(time.Time{}) // lift the parking (or ping) deadline
 	}
 	// startClosing may have set closeBy in between: re-apply it.
 	if by := s.closeBy.Load(); by != 0 {
@@ -1009,7 +1172,7 @@ func isTimeout(err error) bool {
 // ended without a close frame), and the close code each side sent.
 func (s *Session) log() {
 	s.endMu.Lock()
-	by, code := s.closedBy, s.firstCode
+	by, code, reason := s.closedBy, s.firstCode, s.firstReason
 	s.endMu.Unlock()
 	if by == closedByNone {
 		by, code = closedByWsgate, closeAbnormal
@@ -1024,6 +1187,7 @@ func (s *Session) log() {
 		slog.Int("backend_close", int(s.backend.closeCode)),
 		slog.String("closed_by", by.String()),
 		slog.Int("close_code", int(code)),
+		slog.String("close_reason", reason),
 		slog.Int64("client_messages", s.client.messages.Load()),
 		slog.Int64("client_bytes", s.client.bytes.Load()),
 		slog.Int64("backend_messages", s.backend.messages.Load()),

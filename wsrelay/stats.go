@@ -69,6 +69,8 @@ type RouteStats struct {
 	Ended map[EndKey]int64
 	// Durations of the ended sessions, in seconds.
 	Durations Histogram
+	// What the policies did to each side.
+	ClientActions, BackendActions Actions
 }
 
 // routeTotals holds what the ended sessions of a route carried and how
@@ -177,6 +179,7 @@ func (r *Registry) Stats() []RouteStats {
 		}
 		st.FromClient, st.FromBackend = fc.stats(), fb.stats()
 		st.Durations = Histogram{Counts: append([]uint64(nil), t.durations[:]...), Sum: t.durationSum}
+		st.ClientActions, st.BackendActions = rc.rt.clientActions.snapshot(), rc.rt.backendActions.snapshot()
 		out = append(out, st)
 	}
 	return out

@@ -3,6 +3,7 @@ package netpoll
 import (
 	"crypto/tls"
 	"errors"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -91,6 +92,45 @@ func NewTCPConn(c net.Conn) net.Conn {
 	r.onRead = r.readFd
 	r.onPeek = r.peekFd
 	return r
+}
+
+// tcpUserTimeout is TCP_USER_TIMEOUT (linux/tcp.h), which package syscall
+// does not name.
+const tcpUserTimeout = 0x12
+
+// SetUserTimeout sets TCP_USER_TIMEOUT on c: data that stays
+// unacknowledged for d (and keep-alive probes unanswered for d) makes the
+// kernel drop the connection, rather than after its ~15 minutes of
+// retransmissions (tcp_retries2).
+func SetUserTimeout(c *net.TCPConn, d time.Duration) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	ms := int(min(d.Milliseconds(), math.MaxInt32))
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, ms)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// UserTimeout returns the TCP_USER_TIMEOUT of c.
+func UserTimeout(c *net.TCPConn) (time.Duration, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var ms int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		ms, serr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout)
+	}); err != nil {
+		return 0, err
+	}
+	return time.Duration(ms) * time.Millisecond, serr
 }
 
 // TCPConn returns the *net.TCPConn under c, if there is one.

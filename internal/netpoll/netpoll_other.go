@@ -30,6 +30,12 @@ func TCPConn(c net.Conn) (*net.TCPConn, bool) {
 	return tc, ok
 }
 
+// SetUserTimeout does nothing: TCP_USER_TIMEOUT is Linux's.
+func SetUserTimeout(c *net.TCPConn, d time.Duration) error { return nil }
+
+// UserTimeout reports none: TCP_USER_TIMEOUT is Linux's.
+func UserTimeout(c *net.TCPConn) (time.Duration, error) { return 0, nil }
+
 // PeerGone reports the connection alive: the check is made on Linux only.
 func PeerGone(net.Conn) bool { return false }
 
