@@ -62,6 +62,9 @@ const (
 	defaultMaxEjectPercent  = 50
 	defaultMaxMessageSize   = 16 << 20
 	defaultIdleTimeout      = time.Hour
+	defaultPingInterval     = 30 * time.Second
+	defaultPingTimeout      = 10 * time.Second
+	defaultTCPUserTimeout   = 60 * time.Second
 	defaultHandshakeTimeout = 10 * time.Second
 	defaultRespondStatus    = 200
 	defaultRedirectStatus   = 302
@@ -370,6 +373,8 @@ type Route struct {
 	ResponseHeaders Headers `yaml:"response_headers"`
 	// WebSocket holds the route's WebSocket settings.
 	WebSocket WebSocket `yaml:"websocket"`
+	// Limits caps the route's request rate per client address.
+	Limits RouteLimits `yaml:"limits"`
 	// Respond answers with a fixed status and body instead of an upstream.
 	Respond *Respond `yaml:"respond"`
 	// Redirect answers with a redirect instead of an upstream.
@@ -453,6 +458,51 @@ type WebSocket struct {
 	// trusted_proxies, the address X-Forwarded-For gives): beyond it 429
 	// with Retry-After. Default 0: no cap.
 	MaxSessionsPerIP int `yaml:"max_sessions_per_ip"`
+	// Ping turns on wsgate's own keepalive pings on both legs of each
+	// session, such as {interval: 30s, timeout: 10s}. Default off.
+	Ping *Ping `yaml:"ping"`
+	// TCPUserTimeout is set as TCP_USER_TIMEOUT on both legs: a peer
+	// that leaves data unacknowledged this long (vanished without a FIN)
+	// is cut, rather than after the kernel's ~15 minutes of
+	// retransmissions. Default 60s.
+	TCPUserTimeout time.Duration `yaml:"tcp_user_timeout"`
+	// MaxMessagesPerSecond limits the data messages of each session in
+	// each direction (a token bucket of Burst messages). Default 0: no
+	// limit.
+	MaxMessagesPerSecond float64 `yaml:"max_messages_per_second"`
+	// Burst is how many messages a sender may send at once before the
+	// rate applies. Default: max_messages_per_second, at least 1.
+	Burst int `yaml:"burst"`
+	// RateLimitAction is what a message over the rate does: close (the
+	// sender gets 1008 "message rate exceeded", the other side 1001) or
+	// drop (the whole message is dropped and counted). Default close.
+	RateLimitAction string `yaml:"rate_limit_action"`
+	// ValidateUTF8 checks text messages as UTF-8 as they pass (1007 to
+	// a sender of invalid text, 1001 to the other side). Compressed
+	// (permessage-deflate) messages are not checked. Default true.
+	ValidateUTF8 *bool `yaml:"validate_utf8"`
+}
+
+// Ping is a route's keepalive: a leg whose peer sent nothing for
+// Interval gets a ping from wsgate (its pong is not forwarded); a leg that
+// then stays silent for Timeout is dead and the session ends.
+type Ping struct {
+	// Interval is the silence after which wsgate pings. Default 30s.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout is how long the answer may take. Default 10s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// RouteLimits caps the request rate of each client address on a route:
+// HTTP requests and WebSocket handshakes alike.
+type RouteLimits struct {
+	// RequestsPerSecondPerIP is the rate each client address (behind
+	// trusted_proxies, the address X-Forwarded-For gives) may send
+	// requests at; over it, 429 with Retry-After. Default 0: no limit.
+	RequestsPerSecondPerIP float64 `yaml:"requests_per_second_per_ip"`
+	// Burst is how many requests an address may send at once. Default:
+	// requests_per_second_per_ip, at least 1.
+	Burst int `yaml:"burst"`
 }
 
 // Respond answers every matching request with a fixed status and body.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -96,6 +97,24 @@ func (v *validator) timeouts(t *Timeouts) {
 }
 
 // duration checks the duration at path and replaces zero with def.
+// rate checks a rate (key under path, per second) and its burst, and
+// returns the burst: by default the rate, at least 1.
+func (v *validator) rate(path, key string, rate float64, burst int) int {
+	if rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {
+		v.atf(path+"."+key, "must be a positive number (0: no limit)")
+	}
+	if burst < 0 {
+		v.atf(path+".burst", "must not be negative")
+	}
+	if burst > 0 && rate == 0 {
+		v.atf(path+".burst", "needs %s", key)
+	}
+	if burst == 0 && rate > 0 {
+		burst = max(1, int(math.Ceil(min(rate, 1e9))))
+	}
+	return burst
+}
+
 func (v *validator) duration(path string, d *time.Duration, def time.Duration) {
 	if *d < 0 {
 		v.atf(path, "duration %q must not be negative", d.String())
@@ -813,6 +832,10 @@ func (v *validator) routes(cfg *Config, ups map[string]*routes.Upstream) []*rout
 			RequestHeaders:  v.headers(path+".request_headers", r.RequestHeaders),
 			ResponseHeaders: v.headers(path+".response_headers", r.ResponseHeaders),
 			WebSocket:       v.websocket(path+".websocket", &r.WebSocket),
+			Limits: routes.Limits{
+				RequestsPerSecondPerIP: r.Limits.RequestsPerSecondPerIP,
+				RequestBurst:           v.rate(path+".limits", "requests_per_second_per_ip", r.Limits.RequestsPerSecondPerIP, r.Limits.Burst),
+			},
 		}
 		if r.StripPrefix && r.Match.PathPrefix == "" {
 			v.atf(path+".strip_prefix", "needs match.path_prefix")
@@ -1085,19 +1108,50 @@ func (v *validator) websocket(path string, w *WebSocket) routes.WebSocket {
 		require := true
 		w.RequireSubprotocol = &require
 	}
+	var pingInterval, pingTimeout time.Duration
+	if p := w.Ping; p != nil {
+		v.duration(path+".ping.interval", &p.Interval, defaultPingInterval)
+		v.duration(path+".ping.timeout", &p.Timeout, defaultPingTimeout)
+		if p.Interval > 0 && p.Interval < 100*time.Millisecond {
+			v.atf(path+".ping.interval", "%s is under the minimum of 100ms", p.Interval)
+		}
+		pingInterval, pingTimeout = p.Interval, p.Timeout
+	}
+	v.duration(path+".tcp_user_timeout", &w.TCPUserTimeout, defaultTCPUserTimeout)
+	if w.TCPUserTimeout > 0 && w.TCPUserTimeout < time.Second {
+		v.atf(path+".tcp_user_timeout", "%s is under the minimum of 1s", w.TCPUserTimeout)
+	}
+	burst := v.rate(path, "max_messages_per_second", w.MaxMessagesPerSecond, w.Burst)
+	if w.RateLimitAction == "" {
+		w.RateLimitAction = "close"
+	}
+	if w.RateLimitAction != "close" && w.RateLimitAction != "drop" {
+		v.atf(path+".rate_limit_action", "unknown action %q (want close or drop)", w.RateLimitAction)
+	}
+	if w.ValidateUTF8 == nil {
+		validate := true
+		w.ValidateUTF8 = &validate
+	}
 	return routes.WebSocket{
-		Subprotocols:       w.Subprotocols,
-		RequireSubprotocol: *w.RequireSubprotocol,
-		MaxSessions:        w.MaxSessions,
-		MaxSessionsPerIP:   w.MaxSessionsPerIP,
-		Enabled:            *w.Enabled,
-		Origins:            w.Origins,
-		MaxMessageSize:     int64(w.MaxMessageSize),
-		IdleTimeout:        w.IdleTimeout,
-		HandshakeTimeout:   w.HandshakeTimeout,
-		OnChange:           action,
-		CloseCode:          uint16(w.OnChangeCode),
-		CloseReason:        *w.OnChangeReason,
+		PingInterval:         pingInterval,
+		PingTimeout:          pingTimeout,
+		TCPUserTimeout:       w.TCPUserTimeout,
+		MaxMessagesPerSecond: w.MaxMessagesPerSecond,
+		MessageBurst:         burst,
+		DropOverRate:         w.RateLimitAction == "drop",
+		ValidateUTF8:         *w.ValidateUTF8,
+		Subprotocols:         w.Subprotocols,
+		RequireSubprotocol:   *w.RequireSubprotocol,
+		MaxSessions:          w.MaxSessions,
+		MaxSessionsPerIP:     w.MaxSessionsPerIP,
+		Enabled:              *w.Enabled,
+		Origins:              w.Origins,
+		MaxMessageSize:       int64(w.MaxMessageSize),
+		IdleTimeout:          w.IdleTimeout,
+		HandshakeTimeout:     w.HandshakeTimeout,
+		OnChange:             action,
+		CloseCode:            uint16(w.OnChangeCode),
+		CloseReason:          *w.OnChangeReason,
 	}
 }
 

@@ -83,6 +83,18 @@ var (
 		"Time from the client's upgrade request to the 101 (both handshakes).", "route")
 	wsRefusals = desc("websocket_handshake_refusals_total",
 		"WebSocket handshakes that did not upgrade, by the status the client got.", "route", "status")
+	httpRateLimited = desc("http_rate_limited_total",
+		"Requests and handshakes refused with 429 over the route's limits.requests_per_second_per_ip.", "route")
+	wsPings = desc("websocket_pings_total",
+		"Keepalive pings wsgate sent, by the side pinged (client, backend).", "route", "upstream", "side")
+	wsPingTimeouts = desc("websocket_ping_timeouts_total",
+		"Sessions ended because a side did not answer wsgate's ping in time.", "route", "upstream", "side")
+	wsRateClosed = desc("websocket_rate_limit_closes_total",
+		"Sessions closed with 1008 because a side sent messages over max_messages_per_second.", "route", "upstream", "side")
+	wsDropped = desc("websocket_dropped_messages_total",
+		"Messages dropped over max_messages_per_second (rate_limit_action: drop), by the side that sent them.", "route", "upstream", "side")
+	wsInvalidUTF8 = desc("websocket_invalid_utf8_total",
+		"Sessions closed with 1007 because a side sent text that is not UTF-8.", "route", "upstream", "side")
 	wsParked = desc("websocket_parked_legs",
 		"WebSocket legs waiting in the poller without a goroutine.")
 	wsHandOffs = desc("websocket_poller_handoffs_total",
@@ -107,6 +119,7 @@ var allDescs = []*prometheus.Desc{
 	httpRequests, httpDuration, upstreamErrors, httpRetries, clientGone,
 	wsOpen, wsOpened, wsEnded, wsMessages, wsBytes, wsSizes, wsDuration,
 	wsHandshakes, wsHandshakeDuration, wsRefusals, wsParked, wsHandOffs,
+	httpRateLimited, wsPings, wsPingTimeouts, wsRateClosed, wsDropped, wsInvalidUTF8,
 	targetHealthy, targetEjections, targetSessions, targetInFlight,
 	reloads, certNotAfter,
 }
@@ -153,6 +166,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			counter(httpRetries, float64(st.Retries), st.Route)
 			counter(clientGone, float64(st.ClientGone), st.Route)
+			counter(httpRateLimited, float64(st.RateLimited), st.Route)
 			if st.Handshakes > 0 || len(st.Refused) > 0 {
 				counter(wsHandshakes, float64(st.Handshakes), st.Route)
 				hist(wsHandshakeDuration, proxy.DurationBounds[:], st.HandshakeDuration.Counts, st.HandshakeDuration.Sum, st.Route)
@@ -178,6 +192,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				hist(wsSizes, wsrelay.SizeBounds[:], f.fs.Sizes.Counts, f.fs.Sizes.Sum, st.Route, st.Upstream, f.dir)
 			}
 			hist(wsDuration, wsrelay.DurationBounds[:], st.Durations.Counts, st.Durations.Sum, st.Route, st.Upstream)
+			for _, a := range []struct {
+				side string
+				a    *wsrelay.Actions
+			}{{"client", &st.ClientActions}, {"backend", &st.BackendActions}} {
+				counter(wsPings, float64(a.a.Pings), st.Route, st.Upstream, a.side)
+				counter(wsPingTimeouts, float64(a.a.PingTimeouts), st.Route, st.Upstream, a.side)
+				counter(wsRateClosed, float64(a.a.RateLimited), st.Route, st.Upstream, a.side)
+				counter(wsDropped, float64(a.a.Dropped), st.Route, st.Upstream, a.side)
+				counter(wsInvalidUTF8, float64(a.a.InvalidUTF8), st.Route, st.Upstream, a.side)
+			}
 		}
 	}
 	if c.s.Parked != nil {

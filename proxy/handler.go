@@ -14,6 +14,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/wsgate/wsgate/ratelimit"
 	"github.com/wsgate/wsgate/routes"
 	"github.com/wsgate/wsgate/upstream"
 	"github.com/wsgate/wsgate/wsrelay"
@@ -70,6 +71,8 @@ type Handler struct {
 	// limits, by route ID (see admitSession).
 	limitsMu sync.Mutex
 	limits   map[string]*sessionLimits // guarded by limitsMu
+	// rates are the routes' request rate limits, by route ID.
+	rates map[string]*ratelimit.Keyed[netip.Addr] // guarded by limitsMu
 
 	// reloadDrain is the drain window of the last Reload (unix
 	// nanoseconds as a duration).
@@ -90,8 +93,12 @@ type snapshot struct {
 	byName  map[string]*upstream.Set
 	statics map[*routes.Route]fasthttp.RequestHandler
 	byID    map[string]*routes.Route // routes by ID, for Reload
-	// relay is what the sessions of each WebSocket route share.
-	relay map[*routes.Route]*wsrelay.Route
+	// relay is what the sessions of each WebSocket route share, policy
+	// what they enforce.
+	relay  map[*routes.Route]*wsrelay.Route
+	policy map[*routes.Route]*wsrelay.Policy
+	// rates are the request rate limits of the routes that have one.
+	rates map[*routes.Route]*ratelimit.Keyed[netip.Addr]
 	// stats are the routes' request counters.
 	stats map[*routes.Route]*routeStats
 }
@@ -109,6 +116,8 @@ func newSnapshot(o *Options, h *Handler) *snapshot {
 		statics: map[*routes.Route]fasthttp.RequestHandler{},
 		byID:    map[string]*routes.Route{},
 		relay:   map[*routes.Route]*wsrelay.Route{},
+		policy:  map[*routes.Route]*wsrelay.Policy{},
+		rates:   map[*routes.Route]*ratelimit.Keyed[netip.Addr]{},
 		stats:   map[*routes.Route]*routeStats{},
 	}
 	if sn.write <= 0 {
@@ -135,6 +144,10 @@ func newSnapshot(o *Options, h *Handler) *snapshot {
 		}
 		if r.Upstream != nil && r.WebSocket.Enabled {
 			sn.relay[r] = h.reg.Route(metricName(r), r.Upstream.Name)
+			sn.policy[r] = policyOf(&r.WebSocket)
+		}
+		if r.Limits.RequestsPerSecondPerIP > 0 {
+			sn.rates[r] = h.ratesFor(r)
 		}
 	}
 	return sn
@@ -156,6 +169,7 @@ func New(o Options) *Handler {
 	h.reg = wsrelay.NewRegistry(wsrelay.Options{Logger: h.log, CloseWait: h.closeWait})
 	h.stats = map[string]*routeStats{}
 	h.limits = map[string]*sessionLimits{}
+	h.rates = map[string]*ratelimit.Keyed[netip.Addr]{}
 	h.noRoute = h.statsFor("")
 	h.cur.Store(newSnapshot(&o, h))
 	return h
@@ -193,6 +207,15 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.SetCanonical(hdrRequestID, id)
 		h.logRequest(ctx, nil, fasthttp.StatusNotFound, "")
 		return
+	}
+	if len(sn.rates) > 0 && sn.rates[r] != nil {
+		if ok, retry := sn.rates[r].Allow(clientAddr(ctx, sn.trusted), time.Now().UnixNano()); !ok {
+			sn.stats[r].rateLimited.Add(1)
+			tooManyRequests(ctx, retry)
+			ctx.Response.Header.SetCanonical(hdrRequestID, id)
+			h.logRequest(ctx, r, fasthttp.StatusTooManyRequests, "")
+			return
+		}
 	}
 	switch {
 	case r.Respond != nil:

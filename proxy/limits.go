@@ -1,13 +1,18 @@
 package proxy
 
 import (
+	"math"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/wsgate/wsgate/ratelimit"
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/wsrelay"
 )
 
 // sessionLimits counts the WebSocket sessions of one route, handshakes in
@@ -106,4 +111,38 @@ func clientAddr(ctx *fasthttp.RequestCtx, trusted []netip.Prefix) netip.Addr {
 		}
 	}
 	return peer
+}
+
+// policyOf is the wsrelay.Policy of a route's WebSocket settings.
+func policyOf(ws *routes.WebSocket) *wsrelay.Policy {
+	return &wsrelay.Policy{
+		PingInterval: ws.PingInterval,
+		PingTimeout:  ws.PingTimeout,
+		UserTimeout:  ws.TCPUserTimeout,
+		MessageRate:  ratelimit.NewLimit(ws.MaxMessagesPerSecond, ws.MessageBurst),
+		DropOverRate: ws.DropOverRate,
+		ValidateUTF8: ws.ValidateUTF8,
+	}
+}
+
+// ratesFor returns the request rate limit of route r: the one its ID had
+// under the previous config when the limit is the same, so that a
+// reload does not refill every bucket; a new one otherwise.
+func (h *Handler) ratesFor(r *routes.Route) *ratelimit.Keyed[netip.Addr] {
+	l := ratelimit.NewLimit(r.Limits.RequestsPerSecondPerIP, r.Limits.RequestBurst)
+	h.limitsMu.Lock()
+	defer h.limitsMu.Unlock()
+	k := h.rates[r.ID]
+	if k == nil || k.Limit() != l {
+		k = ratelimit.NewKeyed[netip.Addr](l)
+		h.rates[r.ID] = k
+	}
+	return k
+}
+
+// tooManyRequests answers 429 with the seconds until the client's next
+// request would be allowed (at least 1) in Retry-After.
+func tooManyRequests(ctx *fasthttp.RequestCtx, retry time.Duration) {
+	plainError(ctx, fasthttp.StatusTooManyRequests, "too many requests")
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
 }

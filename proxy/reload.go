@@ -65,6 +65,11 @@ func (h *Handler) decide(sn, prev *snapshot, list []*wsrelay.Session, drain time
 		action, r, affected := sn.fate(s, prev, urls)
 		if !affected {
 			res.Unchanged++
+			// Keepalive, rate and UTF-8 settings apply to the
+			// sessions that go on: a change to them drops nothing.
+			if p := sn.policy[sn.byID[s.Tag().(*wsTag).route.ID]]; p != nil {
+				s.SetPolicy(p)
+			}
 			continue
 		}
 		at := now

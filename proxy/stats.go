@@ -75,6 +75,7 @@ type routeStats struct {
 	upstreamErrors [len(ErrorKinds)]atomic.Int64
 	retries        atomic.Int64
 	clientGone     atomic.Int64 // 499: the client left before the response ended
+	rateLimited    atomic.Int64 // 429: over limits.requests_per_second_per_ip
 
 	handshakes        atomic.Int64 // upgrades that succeeded (101)
 	handshakeDuration histogram
@@ -100,6 +101,9 @@ type RouteStats struct {
 	Retries int64
 	// ClientGone counts responses the client did not wait for (499).
 	ClientGone int64
+	// RateLimited counts requests (handshakes included) refused with
+	// 429 over limits.requests_per_second_per_ip.
+	RateLimited int64
 	// Handshakes counts WebSocket upgrades; HandshakeDuration their time
 	// from the request to the 101; Refused failed handshakes by status.
 	Handshakes        int64
@@ -241,6 +245,7 @@ func (h *Handler) Stats() []RouteStats {
 		}
 		o.Retries = st.retries.Load()
 		o.ClientGone = st.clientGone.Load()
+		o.RateLimited = st.rateLimited.Load()
 		o.Handshakes = st.handshakes.Load()
 		o.HandshakeDuration = st.handshakeDuration.snapshot()
 		st.refusedMu.Lock()

@@ -516,6 +516,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 		MaxMessage:  r.WebSocket.MaxMessageSize,
 		Idle:        r.WebSocket.IdleTimeout,
 		Write:       sn.write,
+		Policy:      sn.policy[r],
 		OnEnd:       onEnd,
 		Tag:         &wsTag{route: r, target: target},
 	}, bh.conn, takeBuffered(bh.br))

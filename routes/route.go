@@ -39,6 +39,8 @@ type Route struct {
 	MaxRequestBody int64
 	// WebSocket holds the route's WebSocket settings.
 	WebSocket WebSocket
+	// Limits caps the route's request rate per client address.
+	Limits Limits
 
 	// Respond, Redirect and Static are built-in handlers used instead of
 	// an upstream; at most one of them and Upstream is set.
@@ -95,6 +97,30 @@ type WebSocket struct {
 	// client address (429). 0: no cap.
 	MaxSessions      int
 	MaxSessionsPerIP int
+	// PingInterval: wsgate pings a leg whose peer sent nothing for this
+	// long, and ends the session if it then stays silent for
+	// PingTimeout. 0: no pings.
+	PingInterval time.Duration
+	PingTimeout  time.Duration
+	// TCPUserTimeout is TCP_USER_TIMEOUT on both legs; 0: the kernel's.
+	TCPUserTimeout time.Duration
+	// MaxMessagesPerSecond and MessageBurst limit the data messages of
+	// each session and direction (0: no limit); over it the sender gets
+	// 1008, or with DropOverRate its message is dropped.
+	MaxMessagesPerSecond float64
+	MessageBurst         int
+	DropOverRate         bool
+	// ValidateUTF8 checks text messages as UTF-8 (1007 when invalid).
+	ValidateUTF8 bool
+}
+
+// Limits caps what each client address may ask of a route.
+type Limits struct {
+	// RequestsPerSecondPerIP and RequestBurst limit the requests
+	// (WebSocket handshakes included) of each client address: 429
+	// beyond. 0: no limit.
+	RequestsPerSecondPerIP float64
+	RequestBurst           int
 }
 
 // ChangeAction is what a reload does to an open WebSocket session whose
