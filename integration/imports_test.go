@@ -97,7 +97,7 @@ func TestImportBoundaries(t *testing.T) {
 			promUsers[f[0]] = true
 		}
 	}
-	for _, p := range []string{"proxy", "wsrelay", "admin", "upstream", "config", "routes", "tls", "observe", "cmd/wsgate"} {
+	for _, p := range []string{"proxy", "wsrelay", "ratelimit", "admin", "upstream", "config", "routes", "tls", "observe", "cmd/wsgate"} {
 		if !pkgs[modulePath+"/"+p] {
 			t.Errorf("go list ./... does not list %s/%s", modulePath, p)
 		}
@@ -110,6 +110,17 @@ func TestImportBoundaries(t *testing.T) {
 	// The check above is only worth something if it finds these.
 	if !promUsers[modulePath+"/observe"] || !promUsers[modulePath+"/cmd/wsgate"] {
 		t.Errorf("observe and cmd/wsgate do not both depend on %s (users: %v); the boundary check looks for the wrong path", prom, promUsers)
+	}
+
+	// ratelimit, like routes, is plain Go: no I/O, no other package of
+	// the module.
+	if d := deps(t, "./ratelimit"); len(d) != 1 || d[0] != modulePath+"/ratelimit" {
+		t.Errorf("ratelimit depends on %v; it may use only the standard library", d[1:])
+	}
+	for _, p := range goList(t, "-deps", "./ratelimit") {
+		if p == "net" || p == "os" {
+			t.Errorf("ratelimit depends on %s: it does no I/O", p)
+		}
 	}
 
 	for _, pkg := range []string{"./routes", "./tls", "./internal/filewatch", "./internal/netpoll", "./internal/bufpool", "./internal/testnet"} {

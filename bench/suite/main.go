@@ -48,7 +48,7 @@ func run() int {
 	var dur, warm, hold time.Duration
 	flag.BoolVar(&o.quick, "quick", false, "quick mode: 1 repeat, short loads, N=500 idle; figures not for publishing")
 	flag.IntVar(&repeats, "repeats", 0, "repeats per figure (default 5, quick 1)")
-	flag.StringVar(&only, "only", "", "comma-separated targets (wsgate,nginx,haproxy,caddy,direct) and/or workloads (idle,sse,http-small,http-1mib,ws-128,ws-64k)")
+	flag.StringVar(&only, "only", "", "comma-separated targets (wsgate,nginx,haproxy,caddy,direct) and/or workloads (idle,sse,http-small,http-1mib,ws-128,ws-128-text,ws-64k)")
 	flag.StringVar(&o.out, "out", "", "directory for benchmarks.md and benchmarks.json (default docs/, or a new temp dir in quick mode)")
 	flag.StringVar(&o.bin, "bin", "", "directory holding the built wsgate, backend and wsload (required)")
 	flag.StringVar(&o.work, "work", "", "scratch directory for configs, logs and pid files (default a new temp dir)")

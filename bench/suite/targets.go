@@ -162,17 +162,19 @@ func startSession(o *options, target string, repeat int) (*session, error) {
 			"XDG_CONFIG_HOME=" + filepath.Join(dir, "config")}
 	case "wsgate", baseTarget:
 		cfg := filepath.Join(dir, "wsgate.yaml")
-		// The admin listener (and with it the metrics) is on whenever
-		// the build knows it: a base from before it has no admin key.
-		data["Admin"] = true
-		if err := render("wsgate.yaml.tmpl", cfg, data); err != nil {
-			return s, err
-		}
-		if exec.Command(filepath.Join(o.bin, target), "validate", cfg).Run() != nil {
-			data["Admin"] = false
+		// The admin listener (and with it the metrics) and the
+		// WebSocket policies (keepalive pings, UTF-8 check, message
+		// rate) are on whenever the build knows them: a base from
+		// before them rejects their keys. The newest first.
+		data["Admin"], data["Policy"] = true, true
+		for _, off := range []string{"Policy", "Admin", ""} {
 			if err := render("wsgate.yaml.tmpl", cfg, data); err != nil {
 				return s, err
 			}
+			if off == "" || exec.Command(filepath.Join(o.bin, target), "validate", cfg).Run() == nil {
+				break
+			}
+			data[off] = false
 		}
 		argv = []string{filepath.Join(o.bin, target), "-config", cfg, "-access-log=false", "-log-level", "warn"}
 		env = []string{"GOMAXPROCS=1"}

@@ -88,7 +88,14 @@ var workloads = []workload{
 		{"per_cpu", "messages per proxy CPU-second", true, 0, false},
 		{"cpu_util", "proxy CPU used (cores)", false, 2, true},
 		otherCPU,
-	}, run: func(o *options, s *session, sm *sample) error { return runEcho(o, s, sm, 64, 128) }},
+	}, run: func(o *options, s *session, sm *sample) error { return runEcho(o, s, sm, 64, 128, false) }},
+	{ID: "ws-128-text", Title: "WebSocket echo 128 B text, 64 connections", Metrics: []metric{
+		{"msgs_per_s", "messages/s (round trips)", true, 0, false},
+		{"p99_us", "p99 (µs)", false, 0, false},
+		{"per_cpu", "messages per proxy CPU-second", true, 0, false},
+		{"cpu_util", "proxy CPU used (cores)", false, 2, true},
+		otherCPU,
+	}, run: func(o *options, s *session, sm *sample) error { return runEcho(o, s, sm, 64, 128, true) }},
 	{ID: "ws-64k", Title: "WebSocket echo 64 KiB, 16 connections", Metrics: []metric{
 		{"msgs_per_s", "messages/s (round trips)", true, 0, false},
 		{"mibps", "MiB/s each way", true, 0, false},
@@ -96,7 +103,7 @@ var workloads = []workload{
 		{"per_cpu", "messages per proxy CPU-second", true, 0, false},
 		{"cpu_util", "proxy CPU used (cores)", false, 2, true},
 		otherCPU,
-	}, run: func(o *options, s *session, sm *sample) error { return runEcho(o, s, sm, 16, 65536) }},
+	}, run: func(o *options, s *session, sm *sample) error { return runEcho(o, s, sm, 16, 65536, false) }},
 }
 
 func workloadByID(id string) *workload {
@@ -352,9 +359,12 @@ func clip(s string, n int) string {
 	return s
 }
 
-func runEcho(o *options, s *session, sm *sample, conns, size int) error {
+func runEcho(o *options, s *session, sm *sample, conns, size int, text bool) error {
 	base := []string{filepath.Join(o.bin, "wsload"), "-mode", "echo", "-url", wsURL(s),
 		"-c", strconv.Itoa(conns), "-size", strconv.Itoa(size), "-json"}
+	if text {
+		base = append(base, "-text") // wsgate checks text as UTF-8
+	}
 	if o.warmup > 0 {
 		argv := append(append([]string{}, base...), "-duration", secs(o.warmup), "-warmup", "0s")
 		if so, se, err := runCmd(o.warmup+60*time.Second, o.loadCPU, argv...); err != nil {

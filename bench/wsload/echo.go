@@ -129,12 +129,13 @@ type echoWorker struct {
 	conn *websocket.Conn
 	out  []byte // the message, rewritten in place
 	in   []byte // the echo
+	mt   int    // websocket.BinaryMessage, or TextMessage with -text
 	one  [1]byte
 	hist histogram
 	errs errTally
 }
 
-// runEcho measures round trips of cfg.size-byte binary messages over
+// runEcho measures round trips of cfg.size-byte binary (or text) messages over
 // cfg.conns connections, each with exactly one message in flight.
 func runEcho(ctx context.Context, cfg config) (*echoResult, error) {
 	res := &echoResult{Mode: "echo", URL: cfg.url, Connections: cfg.conns, Size: cfg.size}
@@ -148,7 +149,10 @@ func runEcho(ctx context.Context, cfg config) (*echoResult, error) {
 		if c == nil {
 			continue
 		}
-		w := &echoWorker{id: i, conn: c, out: make([]byte, cfg.size), in: make([]byte, cfg.size)}
+		w := &echoWorker{id: i, conn: c, out: make([]byte, cfg.size), in: make([]byte, cfg.size), mt: websocket.BinaryMessage}
+		if cfg.text {
+			w.mt = websocket.TextMessage
+		}
 		for j := range w.out {
 			w.out[j] = byte('a' + j%26)
 		}
@@ -228,7 +232,12 @@ func (w *echoWorker) run(warmEnd, end time.Time) error {
 		// Vary both ends per message, so a stale or misrouted echo shows.
 		w.out[0] = byte(seq)
 		w.out[last] = byte(seq>>8) ^ byte(w.id)
-		if err := w.conn.WriteMessage(websocket.BinaryMessage, w.out); err != nil {
+		if w.mt == websocket.TextMessage {
+			// Text stays ASCII (valid UTF-8), still varied per message.
+			w.out[0] = 'A' + byte(seq)%26
+			w.out[last] = 'a' + byte(seq>>8^w.id)%26
+		}
+		if err := w.conn.WriteMessage(w.mt, w.out); err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
 		if err := w.readEcho(); err != nil {
@@ -241,7 +250,7 @@ func (w *echoWorker) run(warmEnd, end time.Time) error {
 	}
 }
 
-var errNotBinary = errors.New("echo is not a binary message")
+var errWrongType = errors.New("echo is not of the type sent")
 
 // readEcho reads one message into w.in and checks it against w.out: type,
 // exact size, first and last byte.
@@ -250,8 +259,8 @@ func (w *echoWorker) readEcho() error {
 	if err != nil {
 		return fmt.Errorf("read: %w", err)
 	}
-	if mt != websocket.BinaryMessage {
-		return errNotBinary
+	if mt != w.mt {
+		return errWrongType
 	}
 	n, err := io.ReadFull(r, w.in)
 	if err == io.ErrUnexpectedEOF || err == io.EOF {

@@ -48,6 +48,7 @@ type config struct {
 	duration    time.Duration
 	warmup      time.Duration
 	subprotocol string
+	text        bool
 
 	// idle
 	n         int
@@ -163,6 +164,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.size, "size", 128, "echo: message size in `bytes`")
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "echo: measured `duration`")
 	fs.DurationVar(&cfg.warmup, "warmup", time.Second, "echo: unmeasured warm-up before -duration")
+	fs.BoolVar(&cfg.text, "text", false, "echo: send text messages (ASCII) instead of binary ones")
 	fs.StringVar(&cfg.subprotocol, "subprotocol", "", "echo: request this subprotocol and require it in the handshake")
 	fs.IntVar(&cfg.n, "n", 5000, "idle: `connections` to open")
 	fs.DurationVar(&cfg.hold, "hold", 5*time.Second, "idle: how long to hold them after ready")
