@@ -260,7 +260,7 @@ func (p *poller) handOff(pp parkedPump) {
 
 // dispatch handles an event for the leg parked under id, if it is still
 // parked: a relaying leg is served here and stays parked unless it needs
-// its goroutine; any other resumes its pump.
+// its goroutine (or its pump ended here); any other resumes its pump.
 func (p *poller) dispatch(id uint64, end bool, now time.Time) {
 	p.mu.Lock()
 	pp, ok := p.slots.take(id)
@@ -275,103 +275,224 @@ func (p *poller) dispatch(id uint64, end bool, now time.Time) {
 		go pp.s.pumpLoop(pp.src, pp.dst)
 		return
 	}
-	stay := p.serveSafely(pp, now) && !end
+	res := p.serveSafely(pp, now)
+	if res == serveStay && end {
+		// The peer's FIN (or an error) came with this event and is
+		// reported once: read again, to the end of the stream.
+		if res = p.serveSafely(pp, now); res == serveStay {
+			res = serveHandOff
+		}
+	}
 	p.mu.Lock()
 	// closeConns sets connsClosed, and breakLocked sets dead, before they
 	// look for parked legs: either they find this one, or this check sees
-	// the flag.
-	if stay && !pp.s.closing() && !pp.src.dead.Load() {
+	// the flag. A closing session's legs stay: the sweep hands them back
+	// when the close handshake's time is up (see due).
+	if res == serveStay && !pp.s.connsClosed.Load() && !pp.src.dead.Load() {
 		p.slots.put(id, pp)
 		p.mu.Unlock()
 		return
 	}
 	p.slots.release(id)
 	p.mu.Unlock()
+	if res == serveEnded {
+		p.np.Disarm(pp.src.raw)
+		pp.s.pumpReturned()
+		return
+	}
 	p.handOff(pp)
 }
 
+// served is what serve did with a parked leg.
+type served uint8
+
+const (
+	serveStay    served = iota // the leg stays parked
+	serveHandOff               // its pump goes on on a goroutine
+	serveEnded                 // its pump is over: a close frame or the end of its stream was handled
+)
+
 // serveSafely is serve with the pump's recover: a bug costs the session,
 // not the poller and every session on it.
-func (p *poller) serveSafely(pp parkedPump, now time.Time) (stay bool) {
+func (p *poller) serveSafely(pp parkedPump, now time.Time) (res served) {
 	defer func() {
 		if v := recover(); v != nil {
 			pp.s.reg.log.Error("panic in websocket relay", "session", pp.s.ID(), "route", pp.s.route.Name, "side", pp.src.side(),
 				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			pp.s.closeConns()
-			stay = false
+			res = serveHandOff
 		}
 	}()
 	return pp.s.serve(pp.src, pp.dst, now)
 }
 
 // serve relays what src has for dst, on the poller's goroutine: one
-// non-blocking read and, when it holds only whole data frames, one
-// non-blocking write of all of them. It reports whether src stays in the
-// poller; if not, its pump goes on on a goroutine with the bytes read
-// still in src.br. When dst took only part of the frames, src.pending of
-// those bytes are prepared for dst and dst.mu stays locked for the
-// goroutine to finish the write (see finishPending).
-func (s *Session) serve(src, dst *leg, now time.Time) bool {
+// non-blocking read and, for the whole data frames in it, one
+// non-blocking write of all of them. The answers to wsgate's pings are
+// consumed here, and so are a close frame and the end of the stream,
+// which end src's pump (serveEnded) without a goroutine or a buffer per
+// session: thousands of sessions closing at once cost the poller's one
+// buffer, not one each. Anything else — another control frame, a frame
+// larger than what was read, a write that would block — hands src to its
+// pump goroutine (serveHandOff) with the bytes read still in src.br. When
+// dst took only part of the frames, src.pending of those bytes are
+// prepared for dst and dst.mu stays locked for the goroutine to finish
+// the write (see finishPending).
+func (s *Session) serve(src, dst *leg, now time.Time) served {
 	br := src.br
 	n, err := br.readNow()
 	if err == syscall.EAGAIN {
 		br.release() // a stale event: the data was read earlier
-		return true
+		return serveStay
 	}
 	if n <= 0 || err != nil {
-		// End of stream or an error: the pump reads it again and
-		// ends the session the usual way.
-		return false
+		return s.goneNow(src, dst) // end of stream, or an error
 	}
 	// A read that filled the buffer may have left more in the socket:
 	// with edge-triggered events only a goroutine reads it.
 	full := br.w == len(*br.bp)
-	if m, own := ownPong(br.bufferedAfter(0)); own {
-		// The answer to wsgate's keepalive ping: consumed here, so an
-		// idle leg answering pings never needs a goroutine.
-		src.lastRead.Store(now.UnixNano())
-		_, _ = br.Discard(m)
-		if br.Buffered() == 0 && !full {
+	for {
+		b := br.bufferedAfter(0)
+		if len(b) == 0 {
+			if full {
+				return serveHandOff
+			}
 			br.release()
-			return true
+			return serveStay
 		}
-	}
-	if !dst.mu.TryLock() {
-		return false // a write to dst is in progress: the pump waits for it
-	}
-	if dst.closeSent {
+		if m, own := ownPong(b); own {
+			// The answer to wsgate's keepalive ping: consumed here, so
+			// an idle leg answering pings never needs a goroutine.
+			src.lastRead.Store(now.UnixNano())
+			_, _ = br.Discard(m)
+			continue
+		}
+		if res, ok := s.closeNow(src, dst, b, now); ok {
+			return res
+		}
+		if !dst.mu.TryLock() {
+			return serveHandOff // a write to dst is in progress: the pump waits for it
+		}
+		k := s.prepare(src, dst, &src.st, b, now.UnixNano())
+		if k == 0 {
+			dst.mu.Unlock()
+			src.streamed = src.streamed || full || incompleteFrame(b)
+			return serveHandOff
+		}
+		src.lastRead.Store(now.UnixNano())
+		if dst.closeSent {
+			// dst is closed (or closing): its frames are read and
+			// dropped, as forward does.
+			dst.mu.Unlock()
+			_, _ = br.Discard(k)
+			continue
+		}
+		dst.midMessage = src.st.inMessage // dst.mu is held until the k bytes are out
+		w, werr := dst.writeNow(b[:k])
+		_, _ = br.Discard(w)
+		switch {
+		case werr == nil || werr == syscall.EAGAIN:
+			if w < k {
+				src.pending = int32(k - w)
+				return serveHandOff // dst.mu stays locked for the pump
+			}
+		default:
+			// dst is gone: its frames are dropped, its pump hears of it.
+			_, _ = br.Discard(k - w)
+			dst.breakLocked()
+		}
 		dst.mu.Unlock()
-		return false
 	}
-	b := br.bufferedAfter(0)
-	k := s.prepare(src, dst, &src.st, b, now.UnixNano())
-	if k == 0 {
-		dst.mu.Unlock()
-		src.streamed = src.streamed || full || incompleteFrame(b)
-		return false
+}
+
+// closeNow handles a close frame from src at the start of b, if there is
+// a whole one, as relayControl does: its code and reason go to dst, and
+// src's pump is over (what follows a close is never read). A close frame
+// that breaks the protocol is the pump's to answer.
+func (s *Session) closeNow(src, dst *leg, b []byte, now time.Time) (served, bool) {
+	h, ok, err := parseHeader(b)
+	if err != nil || !ok || h.opcode != opClose || len(b) < h.size+int(h.length) {
+		return 0, false
 	}
-	dst.midMessage = src.st.inMessage // dst.mu is held until the k bytes are out
+	if s.check(&h, &src.st) != nil {
+		return serveHandOff, true
+	}
+	var payload [maxControlPayload]byte
+	p := payload[:copy(payload[:], b[h.size:h.size+int(h.length)])]
+	if h.masked {
+		maskBytes(h.mask, 0, p)
+	}
+	cp, err := parseClose(p)
+	if err != nil {
+		return serveHandOff, true
+	}
 	src.lastRead.Store(now.UnixNano())
-	w, werr := dst.writeNow(b[:k])
-	_, _ = br.Discard(w)
+	src.closeCode = cp.code
+	s.firstClose(src.closer(), cp.code, cp.reason)
+	s.startClosing()
+	dst.closeSoon(relayCloseCode(cp.code), cp.reason)
+	_, _ = src.br.Discard(len(b))
+	src.br.release()
+	return serveEnded, true
+}
+
+// goneNow handles the end of src's stream (or a read error) on the
+// poller, as sourceGone does on a pump goroutine.
+func (s *Session) goneNow(src, dst *leg) served {
+	if !src.mu.TryLock() {
+		return serveHandOff
+	}
+	timedOut := src.writeTimedOut
+	src.closeSent = true // nothing more can be written to a gone peer
+	src.mu.Unlock()
+	if timedOut {
+		s.firstClose(closedByWsgate, closeAbnormal, src.side()+" write timeout")
+	}
+	s.firstClose(src.closer(), closeAbnormal, "")
+	if src == s.client {
+		dst.closeSoon(closeGoingAway, "client went away")
+	} else {
+		dst.closeSoon(closeInternalError, "backend went away")
+	}
+	s.startClosing()
+	src.br.release()
+	return serveEnded
+}
+
+// closeSoon is sendClose without waiting, for the poller: the close frame
+// is written at once when l's socket takes it; otherwise (a write to l in
+// progress, a full socket, TLS) a goroutine finishes the job.
+func (l *leg) closeSoon(code uint16, reason string) {
+	if !l.mu.TryLock() {
+		go l.sendClose(code, reason)
+		return
+	}
+	if l.closeSent {
+		l.mu.Unlock()
+		return
+	}
+	l.closeSent = true // reserved: nothing else is written to l from now on
+	l.mu.Unlock()
+	if l.raw == nil {
+		go l.writeClose(code, reason)
+		return
+	}
+	var buf [maxFrameHeader + maxControlPayload]byte
+	b := appendCloseFrame(buf[:0], code, reason, l.masked, newMaskKey())
+	n, err := l.writeNow(b)
 	switch {
-	case werr == nil || werr == syscall.EAGAIN:
-		if w < k {
-			src.pending = int32(k - w)
-			return false // dst.mu stays locked for the pump
-		}
+	case n == len(b):
+	case err == nil || err == syscall.EAGAIN:
+		rest := append([]byte(nil), b[n:]...)
+		go func() {
+			_ = l.conn.SetWriteDeadline(time.Now().Add(closeWait))
+			if _, err := l.write(rest); err != nil {
+				_ = l.conn.Close()
+			}
+		}()
 	default:
-		// dst is gone: its frames are dropped, its pump hears of it.
-		_, _ = br.Discard(k - w)
-		dst.breakLocked()
+		_ = l.conn.Close()
 	}
-	dst.mu.Unlock()
-	if full || br.Buffered() > 0 {
-		src.streamed = src.streamed || full || incompleteFrame(br.bufferedAfter(0))
-		return false
-	}
-	br.release()
-	return true
 }
 
 // incompleteFrame reports whether b starts with a frame (or header) that
@@ -431,12 +552,18 @@ func (p *poller) takeDue(now time.Time) (wake, ping []parkedPump) {
 }
 
 // due reports whether the parked pump of s reading src must go back to
-// its goroutine: the session is closing, or its idle deadline (or src's
-// ping timeout) is near enough that the sweep's granularity would make
-// it late. Back on its goroutine the pump waits with an exact read
-// deadline (canPark keeps it there).
+// its goroutine: its idle deadline (or src's ping timeout) is near
+// enough that the sweep's granularity would make it late (back on its
+// goroutine the pump waits with an exact read deadline; canPark keeps it
+// there), or the session is closing and the close handshake's time is
+// up (the pump then finds its deadline passed and ends). Until then a
+// closing session's legs stay parked: the poller reads their close
+// frames (see serve).
 func (s *Session) due(src *leg, now time.Time) bool {
-	if s.closing() {
+	if by := s.closeBy.Load(); by != 0 {
+		return now.UnixNano() >= by
+	}
+	if s.connsClosed.Load() {
 		return true
 	}
 	return s.idle > 0 && s.idleLeft(now) <= parkMargin ||
@@ -448,5 +575,5 @@ func (s *Session) due(src *leg, now time.Time) bool {
 // than half a sweep late.
 func (s *Session) pingSoon(src *leg, now int64) bool {
 	at, dead := s.pingDue(src)
-	return at != 0 && !dead && now >= at-int64(sweepEvery/2)
+	return at != 0 && !dead && now >= at-int64(sweepEvery/2) && s.closeBy.Load() == 0
 }

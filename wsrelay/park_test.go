@@ -37,7 +37,7 @@ func TestServePartialWrite(t *testing.T) {
 		if _, err := clientPeer.Write(frame(sent)); err != nil {
 			t.Fatal(err)
 		}
-		if !s.serve(s.client, s.backend, time.Now()) {
+		if s.serve(s.client, s.backend, time.Now()) != serveStay {
 			sent++
 			break
 		}
@@ -108,7 +108,7 @@ func TestBatchStopsAtHugeFrame(t *testing.T) {
 			}
 			if path == "poller" {
 				waitFor(t, "serve read the frames", 5*time.Second, func() bool {
-					return !s.serve(s.client, s.backend, time.Now()) // true: nothing read yet
+					return s.serve(s.client, s.backend, time.Now()) != serveStay // stay: nothing read yet
 				})
 			} else {
 				if !s.relayFrame(s.client, s.backend, &s.client.st) {
@@ -195,8 +195,12 @@ func TestTakeDue(t *testing.T) {
 	}
 	pings := &Policy{PingInterval: 30 * time.Second, PingTimeout: 10 * time.Second}
 	quiet := session(time.Hour, now, noPolicy)
+	// Closing: its legs stay parked (the poller reads the close frames)
+	// until the close handshake's time is up.
 	closing := session(time.Hour, now, noPolicy)
 	closing.closeBy.Store(now.Add(closeWait).UnixNano())
+	closeOver := session(time.Hour, now, noPolicy)
+	closeOver.closeBy.Store(now.Add(-time.Millisecond).UnixNano())
 	idleSoon := session(time.Minute, now.Add(-time.Minute+parkMargin/2), noPolicy)
 	// Quiet for 29.6 s: pinged by this sweep (half a sweep early).
 	pingDue := session(time.Hour, now.Add(-30*time.Second+sweepEvery/3), pings)
@@ -217,6 +221,8 @@ func TestTakeDue(t *testing.T) {
 		switch i {
 		case parkPage + 3:
 			s = closing
+		case parkPage + 4:
+			s = closeOver
 		case n - 1:
 			s = idleSoon
 		case 5:
@@ -229,12 +235,12 @@ func TestTakeDue(t *testing.T) {
 			s = pingWait
 		}
 		l := s.client
-		if s == quiet {
+		if s == quiet || s == closing {
 			l = &leg{}
 		}
 		p.slots.add(parkedPump{s: s, src: l})
 		switch s {
-		case closing, idleSoon, pingOut:
+		case closeOver, idleSoon, pingOut:
 			due[l] = true
 		case pingDue:
 			toPing[l] = true
