@@ -65,6 +65,7 @@ const (
 	defaultPingInterval     = 30 * time.Second
 	defaultPingTimeout      = 10 * time.Second
 	defaultTCPUserTimeout   = 60 * time.Second
+	defaultAuthTimeout      = 5 * time.Second
 	defaultHandshakeTimeout = 10 * time.Second
 	defaultRespondStatus    = 200
 	defaultRedirectStatus   = 302
@@ -375,6 +376,9 @@ type Route struct {
 	WebSocket WebSocket `yaml:"websocket"`
 	// Limits caps the route's request rate per client address.
 	Limits RouteLimits `yaml:"limits"`
+	// Auth checks every request (and WebSocket handshake) before it is
+	// forwarded. Default none.
+	Auth *Auth `yaml:"auth"`
 	// Respond answers with a fixed status and body instead of an upstream.
 	Respond *Respond `yaml:"respond"`
 	// Redirect answers with a redirect instead of an upstream.
@@ -491,6 +495,35 @@ type Ping struct {
 	Interval time.Duration `yaml:"interval"`
 	// Timeout is how long the answer may take. Default 10s.
 	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Auth is a route's authentication: an auth service asked about each
+// request (forward), and/or a JWT the request must carry (jwt). With
+// both, the JWT is checked first.
+type Auth struct {
+	// Forward asks an auth service about each request. Default none.
+	Forward *ForwardAuth `yaml:"forward"`
+}
+
+// ForwardAuth is nginx's auth_request, Traefik's ForwardAuth and Caddy's
+// forward_auth: before a request or handshake is forwarded, wsgate sends
+// the auth service a request with the original method, no body, the
+// chosen headers and X-Forwarded-Method, -Uri, -Host, -Proto and -For. A
+// 2xx answer lets the request through, with the chosen headers of the
+// answer set on it; any other answer goes to the client as it is; an
+// auth service that cannot be reached gives 503.
+type ForwardAuth struct {
+	// URL is the auth service's endpoint, http:// or https://. Required.
+	URL string `yaml:"url"`
+	// Timeout bounds the whole exchange with the auth service. Default 5s.
+	Timeout time.Duration `yaml:"timeout"`
+	// CopyRequestHeaders are sent to the auth service as the client sent
+	// them. Default [Authorization, Cookie, Origin].
+	CopyRequestHeaders []string `yaml:"copy_request_headers"`
+	// CopyResponseHeaders are taken from a 2xx answer onto the request
+	// forwarded (such as X-User); the client's own values of these
+	// headers are always removed. Default none.
+	CopyResponseHeaders []string `yaml:"copy_response_headers"`
 }
 
 // RouteLimits caps the request rate of each client address on a route:

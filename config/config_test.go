@@ -138,6 +138,15 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		OnChange                      string
 		CloseCode                     uint16
 		CloseReason                   string
+		Subprotocols                  []string `json:",omitempty"`
+		RequireSubprotocol            bool
+		MaxSessions, MaxSessionsPerIP int      `json:",omitempty"`
+		Ping                          string   `json:",omitempty"` // interval/timeout
+		TCPUserTimeout                string
+		MaxMessagesPerSecond          float64 `json:",omitempty"`
+		MessageBurst                  int     `json:",omitempty"`
+		DropOverRate                  bool    `json:",omitempty"`
+		ValidateUTF8                  bool
 	}
 	type route struct {
 		Name, ID, Upstream              string
@@ -151,6 +160,8 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		Respond                         *routes.Respond  `json:",omitempty"`
 		Redirect                        *routes.Redirect `json:",omitempty"`
 		Static                          *routes.Static   `json:",omitempty"`
+		Limits                          *routes.Limits   `json:",omitempty"`
+		Auth                            *routes.Auth     `json:",omitempty"`
 	}
 	var s struct {
 		Warnings  []string `json:",omitempty"`
@@ -238,8 +249,19 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 				IdleTimeout:    r.WebSocket.IdleTimeout.String(), HandshakeTimeout: r.WebSocket.HandshakeTimeout.String(),
 				OnChange:  r.WebSocket.OnChange.String(),
 				CloseCode: r.WebSocket.CloseCode, CloseReason: r.WebSocket.CloseReason,
+				Subprotocols: r.WebSocket.Subprotocols, RequireSubprotocol: r.WebSocket.RequireSubprotocol,
+				MaxSessions: r.WebSocket.MaxSessions, MaxSessionsPerIP: r.WebSocket.MaxSessionsPerIP,
+				TCPUserTimeout:       r.WebSocket.TCPUserTimeout.String(),
+				MaxMessagesPerSecond: r.WebSocket.MaxMessagesPerSecond, MessageBurst: r.WebSocket.MessageBurst,
+				DropOverRate: r.WebSocket.DropOverRate, ValidateUTF8: r.WebSocket.ValidateUTF8,
 			},
-			Respond: r.Respond, Redirect: r.Redirect,
+			Respond: r.Respond, Redirect: r.Redirect, Auth: r.Auth,
+		}
+		if r.WebSocket.PingInterval > 0 {
+			sr.WebSocket.Ping = r.WebSocket.PingInterval.String() + "/" + r.WebSocket.PingTimeout.String()
+		}
+		if r.Limits != (routes.Limits{}) {
+			sr.Limits = &r.Limits
 		}
 		if r.Upstream != nil {
 			sr.Upstream = r.Upstream.Name

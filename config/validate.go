@@ -10,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -97,6 +98,46 @@ func (v *validator) timeouts(t *Timeouts) {
 }
 
 // duration checks the duration at path and replaces zero with def.
+// auth checks a route's auth block.
+func (v *validator) auth(path string, a *Auth) *routes.Auth {
+	out := &routes.Auth{}
+	if a.Forward == nil {
+		v.atf(path, "needs forward")
+		return out
+	}
+	f := a.Forward
+	fpath := path + ".forward"
+	if f.URL == "" {
+		v.atf(fpath+".url", "required")
+	} else if u, err := url.Parse(f.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		v.atf(fpath+".url", "invalid URL %q (want http:// or https:// with a host, such as %q)", f.URL, "http://127.0.0.1:9000/auth")
+	} else if u.User != nil || u.Fragment != "" {
+		v.atf(fpath+".url", "URL %q must not have user info or a fragment", f.URL)
+	}
+	v.duration(fpath+".timeout", &f.Timeout, defaultAuthTimeout)
+	if f.CopyRequestHeaders == nil {
+		f.CopyRequestHeaders = []string{"Authorization", "Cookie", "Origin"}
+	}
+	names := func(key string, list []string) []string {
+		out := make([]string, 0, len(list))
+		for i, n := range list {
+			if !isToken(n) {
+				v.atf(fmt.Sprintf("%s.%s[%d]", fpath, key, i), "invalid header name %q", n)
+				continue
+			}
+			out = append(out, http.CanonicalHeaderKey(n))
+		}
+		return out
+	}
+	out.Forward = &routes.ForwardAuth{
+		URL:                 f.URL,
+		Timeout:             f.Timeout,
+		CopyRequestHeaders:  names("copy_request_headers", f.CopyRequestHeaders),
+		CopyResponseHeaders: names("copy_response_headers", f.CopyResponseHeaders),
+	}
+	return out
+}
+
 // rate checks a rate (key under path, per second) and its burst, and
 // returns the burst: by default the rate, at least 1.
 func (v *validator) rate(path, key string, rate float64, burst int) int {
@@ -836,6 +877,9 @@ func (v *validator) routes(cfg *Config, ups map[string]*routes.Upstream) []*rout
 				RequestsPerSecondPerIP: r.Limits.RequestsPerSecondPerIP,
 				RequestBurst:           v.rate(path+".limits", "requests_per_second_per_ip", r.Limits.RequestsPerSecondPerIP, r.Limits.Burst),
 			},
+		}
+		if r.Auth != nil {
+			rr.Auth = v.auth(path+".auth", r.Auth)
 		}
 		if r.StripPrefix && r.Match.PathPrefix == "" {
 			v.atf(path+".strip_prefix", "needs match.path_prefix")

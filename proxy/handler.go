@@ -99,6 +99,8 @@ type snapshot struct {
 	policy map[*routes.Route]*wsrelay.Policy
 	// rates are the request rate limits of the routes that have one.
 	rates map[*routes.Route]*ratelimit.Keyed[netip.Addr]
+	// auths are the auth services of the routes that have one.
+	auths map[*routes.Route]*forwardAuth
 	// stats are the routes' request counters.
 	stats map[*routes.Route]*routeStats
 }
@@ -118,6 +120,7 @@ func newSnapshot(o *Options, h *Handler) *snapshot {
 		relay:   map[*routes.Route]*wsrelay.Route{},
 		policy:  map[*routes.Route]*wsrelay.Policy{},
 		rates:   map[*routes.Route]*ratelimit.Keyed[netip.Addr]{},
+		auths:   map[*routes.Route]*forwardAuth{},
 		stats:   map[*routes.Route]*routeStats{},
 	}
 	if sn.write <= 0 {
@@ -148,6 +151,9 @@ func newSnapshot(o *Options, h *Handler) *snapshot {
 		}
 		if r.Limits.RequestsPerSecondPerIP > 0 {
 			sn.rates[r] = h.ratesFor(r)
+		}
+		if r.Auth != nil && r.Auth.Forward != nil {
+			sn.auths[r] = newForwardAuth(r.Auth.Forward)
 		}
 	}
 	return sn
@@ -216,6 +222,14 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			h.logRequest(ctx, r, fasthttp.StatusTooManyRequests, "")
 			return
 		}
+	}
+	if len(sn.auths) > 0 && sn.auths[r] != nil && !h.authorize(ctx, sn, r, sn.auths[r]) {
+		if isUpgradeAttempt(ctx) && r.WebSocket.Enabled {
+			h.countHandshake(ctx, r, ctx.Response.StatusCode())
+		}
+		ctx.Response.Header.SetCanonical(hdrRequestID, id)
+		h.logRequest(ctx, r, ctx.Response.StatusCode(), "")
+		return
 	}
 	switch {
 	case r.Respond != nil:

@@ -41,6 +41,8 @@ type Route struct {
 	WebSocket WebSocket
 	// Limits caps the route's request rate per client address.
 	Limits Limits
+	// Auth, when not nil, checks requests before they are forwarded.
+	Auth *Auth
 
 	// Respond, Redirect and Static are built-in handlers used instead of
 	// an upstream; at most one of them and Upstream is set.
@@ -112,6 +114,22 @@ type WebSocket struct {
 	DropOverRate         bool
 	// ValidateUTF8 checks text messages as UTF-8 (1007 when invalid).
 	ValidateUTF8 bool
+}
+
+// Auth is a route's authentication.
+type Auth struct {
+	// Forward, when not nil, asks an auth service about each request.
+	Forward *ForwardAuth
+}
+
+// ForwardAuth asks an auth service about each request: 2xx lets it
+// through (with CopyResponseHeaders set on it from the answer), any other
+// answer goes to the client, an unreachable service gives 503.
+type ForwardAuth struct {
+	URL                 string // http:// or https://, with path and query
+	Timeout             time.Duration
+	CopyRequestHeaders  []string // canonical names
+	CopyResponseHeaders []string // canonical names
 }
 
 // Limits caps what each client address may ask of a route.
