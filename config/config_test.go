@@ -140,8 +140,8 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		CloseReason                   string
 		Subprotocols                  []string `json:",omitempty"`
 		RequireSubprotocol            bool
-		MaxSessions, MaxSessionsPerIP int      `json:",omitempty"`
-		Ping                          string   `json:",omitempty"` // interval/timeout
+		MaxSessions, MaxSessionsPerIP int    `json:",omitempty"`
+		Ping                          string `json:",omitempty"` // interval/timeout
 		TCPUserTimeout                string
 		MaxMessagesPerSecond          float64 `json:",omitempty"`
 		MessageBurst                  int     `json:",omitempty"`
