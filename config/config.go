@@ -66,6 +66,9 @@ const (
 	defaultPingTimeout      = 10 * time.Second
 	defaultTCPUserTimeout   = 60 * time.Second
 	defaultAuthTimeout      = 5 * time.Second
+	defaultJWKSRefresh      = time.Hour
+	defaultExpiryCloseCode  = 4001
+	defaultExpiryReason     = "token expired"
 	defaultHandshakeTimeout = 10 * time.Second
 	defaultRespondStatus    = 200
 	defaultRedirectStatus   = 302
@@ -503,6 +506,55 @@ type Ping struct {
 type Auth struct {
 	// Forward asks an auth service about each request. Default none.
 	Forward *ForwardAuth `yaml:"forward"`
+	// JWT requires a valid JSON Web Token on each request. Default none.
+	JWT *JWTAuth `yaml:"jwt"`
+}
+
+// JWTAuth verifies a JSON Web Token on each request and WebSocket
+// handshake (signature, exp, nbf, and issuer and audience when set), and
+// closes a WebSocket session when its token expires. A request without a
+// valid token gets 401 with WWW-Authenticate (RFC 6750).
+type JWTAuth struct {
+	// Keys are PEM files of the public keys (or certificates) tokens may
+	// be signed with: RSA, ECDSA or Ed25519. At least one of keys and
+	// jwks is required.
+	Keys []string `yaml:"keys"`
+	// JWKS is a JSON Web Key Set: a file, or an http:// or https:// URL
+	// fetched at start and then every jwks_refresh in the background
+	// (and when a token names a key it does not know, at most once a
+	// minute). Default none.
+	JWKS string `yaml:"jwks"`
+	// JWKSRefresh is how often a JWKS URL is fetched again. Default 1h.
+	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
+	// Issuer, when set, must be the token's iss. Default none.
+	Issuer string `yaml:"issuer"`
+	// Audience, when set, must be in the token's aud. Default none.
+	Audience string `yaml:"audience"`
+	// From is where the token is: "header" (Authorization: Bearer),
+	// "header:NAME", "cookie:NAME" or "query:NAME" (browsers cannot set
+	// headers on a WebSocket: use a cookie or the query, such as
+	// query:access_token; a token in the query is removed from the URI
+	// forwarded and logged). Default header.
+	From string `yaml:"from"`
+	// Algorithms are the signing algorithms accepted. Default RS256,
+	// RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA.
+	Algorithms []string `yaml:"algorithms"`
+	// Leeway is the clock skew allowed on exp and nbf. Default 0s.
+	Leeway time.Duration `yaml:"leeway"`
+	// ClaimsToHeaders sets request headers from claims, such as
+	// {sub: X-User}; the client's own values of these headers are always
+	// removed. Default none.
+	ClaimsToHeaders map[string]string `yaml:"claims_to_headers"`
+	// ExpiryGrace is how long a WebSocket session may outlive its token's
+	// exp. Default 0s.
+	ExpiryGrace time.Duration `yaml:"expiry_grace"`
+	// ExpiryCloseCode is the close code a client gets when its token
+	// expires: 1000, 1001, 1008, 1011 to 1013, or 3000 to 4999. Default
+	// 4001.
+	ExpiryCloseCode int `yaml:"expiry_close_code"`
+	// ExpiryCloseReason is sent with it, at most 123 bytes. Default
+	// "token expired".
+	ExpiryCloseReason *string `yaml:"expiry_close_reason"`
 }
 
 // ForwardAuth is nginx's auth_request, Traefik's ForwardAuth and Caddy's

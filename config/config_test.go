@@ -263,6 +263,17 @@ func summarize(t *testing.T, cfg *Config, base string) string {
 		if r.Limits != (routes.Limits{}) {
 			sr.Limits = &r.Limits
 		}
+		if r.Auth != nil && r.Auth.JWT != nil {
+			j := *r.Auth.JWT
+			j.KeyFiles = append([]string(nil), j.KeyFiles...)
+			for i := range j.KeyFiles {
+				j.KeyFiles[i] = rel(j.KeyFiles[i])
+			}
+			if j.JWKSFile != "" {
+				j.JWKSFile = rel(j.JWKSFile)
+			}
+			sr.Auth = &routes.Auth{Forward: r.Auth.Forward, JWT: &j}
+		}
 		if r.Upstream != nil {
 			sr.Upstream = r.Upstream.Name
 		}

@@ -292,7 +292,8 @@ func TestRedactTags(t *testing.T) {
 			if tag != redactSecret {
 				tb.Errorf("%s.%s: want the tag redact:%q", path, name, redactSecret)
 			}
-		case f.Type == reflect.TypeFor[map[string]string]() && (strings.Contains(lower, "header") || name == "set"):
+		case f.Type == reflect.TypeFor[map[string]string]() && (strings.Contains(lower, "header") || name == "set") &&
+			name != "claims_to_headers": // claim → header name: no header values
 			if tag != redactHeaders {
 				tb.Errorf("%s.%s: want the tag redact:%q", path, name, redactHeaders)
 			}

@@ -101,8 +101,14 @@ func (v *validator) timeouts(t *Timeouts) {
 // auth checks a route's auth block.
 func (v *validator) auth(path string, a *Auth) *routes.Auth {
 	out := &routes.Auth{}
+	if a.Forward == nil && a.JWT == nil {
+		v.atf(path, "needs forward or jwt")
+		return out
+	}
+	if a.JWT != nil {
+		out.JWT = v.jwt(path+".jwt", a.JWT)
+	}
 	if a.Forward == nil {
-		v.atf(path, "needs forward")
 		return out
 	}
 	f := a.Forward

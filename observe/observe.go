@@ -95,6 +95,10 @@ var (
 		"Messages dropped over max_messages_per_second (rate_limit_action: drop), by the side that sent them.", "route", "upstream", "side")
 	wsInvalidUTF8 = desc("websocket_invalid_utf8_total",
 		"Sessions closed with 1007 because a side sent text that is not UTF-8.", "route", "upstream", "side")
+	wsExpired = desc("websocket_token_expired_total",
+		"Sessions closed because the token they were opened with expired (auth.jwt).", "route", "upstream")
+	authRejected = desc("http_auth_rejected_total",
+		"Requests and handshakes refused by the route's auth, by reason (jwt_missing, jwt_invalid, jwt_expired, forward_denied, forward_unavailable).", "route", "reason")
 	wsParked = desc("websocket_parked_legs",
 		"WebSocket legs waiting in the poller without a goroutine.")
 	wsHandOffs = desc("websocket_poller_handoffs_total",
@@ -119,7 +123,7 @@ var allDescs = []*prometheus.Desc{
 	httpRequests, httpDuration, upstreamErrors, httpRetries, clientGone,
 	wsOpen, wsOpened, wsEnded, wsMessages, wsBytes, wsSizes, wsDuration,
 	wsHandshakes, wsHandshakeDuration, wsRefusals, wsParked, wsHandOffs,
-	httpRateLimited, wsPings, wsPingTimeouts, wsRateClosed, wsDropped, wsInvalidUTF8,
+	httpRateLimited, wsPings, wsPingTimeouts, wsRateClosed, wsDropped, wsInvalidUTF8, wsExpired, authRejected,
 	targetHealthy, targetEjections, targetSessions, targetInFlight,
 	reloads, certNotAfter,
 }
@@ -167,6 +171,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(httpRetries, float64(st.Retries), st.Route)
 			counter(clientGone, float64(st.ClientGone), st.Route)
 			counter(httpRateLimited, float64(st.RateLimited), st.Route)
+			for i, v := range st.AuthRejected {
+				if v > 0 {
+					counter(authRejected, float64(v), st.Route, proxy.AuthReasons[i])
+				}
+			}
 			if st.Handshakes > 0 || len(st.Refused) > 0 {
 				counter(wsHandshakes, float64(st.Handshakes), st.Route)
 				hist(wsHandshakeDuration, proxy.DurationBounds[:], st.HandshakeDuration.Counts, st.HandshakeDuration.Sum, st.Route)
@@ -202,6 +211,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				counter(wsDropped, float64(a.a.Dropped), st.Route, st.Upstream, a.side)
 				counter(wsInvalidUTF8, float64(a.a.InvalidUTF8), st.Route, st.Upstream, a.side)
 			}
+			counter(wsExpired, float64(st.ClientActions.Expired), st.Route, st.Upstream)
 		}
 	}
 	if c.s.Parked != nil {

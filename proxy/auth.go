@@ -102,6 +102,7 @@ func (h *Handler) authorize(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Ro
 			status = fasthttp.StatusGatewayTimeout
 		}
 		plainError(ctx, status, "auth service unavailable")
+		sn.stats[r].authRejected[authForwardUnavailable].Add(1)
 		return false
 	}
 	// The headers the auth service decides: never the client's own.
@@ -125,5 +126,6 @@ func (h *Handler) authorize(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Ro
 	ctx.Response.Header.Del("Content-Length")
 	ctx.Response.SetStatusCode(resp.StatusCode())
 	ctx.Response.SetBody(resp.Body())
+	sn.stats[r].authRejected[authForwardDenied].Add(1)
 	return false
 }

@@ -74,6 +74,11 @@ type Handler struct {
 	// rates are the routes' request rate limits, by route ID.
 	rates map[string]*ratelimit.Keyed[netip.Addr] // guarded by limitsMu
 
+	// jwks are the JWK Set URLs the routes verify tokens with, fetched
+	// in the background; a reload stops those no longer used.
+	jwksMu sync.Mutex
+	jwks   map[string]*jwksFetcher // guarded by jwksMu
+
 	// reloadDrain is the drain window of the last Reload (unix
 	// nanoseconds as a duration).
 	reloadDrain atomic.Int64
@@ -99,8 +104,10 @@ type snapshot struct {
 	policy map[*routes.Route]*wsrelay.Policy
 	// rates are the request rate limits of the routes that have one.
 	rates map[*routes.Route]*ratelimit.Keyed[netip.Addr]
-	// auths are the auth services of the routes that have one.
+	// auths are the auth services of the routes that have one, jwts
+	// their token checks.
 	auths map[*routes.Route]*forwardAuth
+	jwts  map[*routes.Route]*jwtAuth
 	// stats are the routes' request counters.
 	stats map[*routes.Route]*routeStats
 }
@@ -121,6 +128,7 @@ func newSnapshot(o *Options, h *Handler) *snapshot {
 		policy:  map[*routes.Route]*wsrelay.Policy{},
 		rates:   map[*routes.Route]*ratelimit.Keyed[netip.Addr]{},
 		auths:   map[*routes.Route]*forwardAuth{},
+		jwts:    map[*routes.Route]*jwtAuth{},
 		stats:   map[*routes.Route]*routeStats{},
 	}
 	if sn.write <= 0 {
@@ -147,13 +155,16 @@ func newSnapshot(o *Options, h *Handler) *snapshot {
 		}
 		if r.Upstream != nil && r.WebSocket.Enabled {
 			sn.relay[r] = h.reg.Route(metricName(r), r.Upstream.Name)
-			sn.policy[r] = policyOf(&r.WebSocket)
+			sn.policy[r] = policyOf(r)
 		}
 		if r.Limits.RequestsPerSecondPerIP > 0 {
 			sn.rates[r] = h.ratesFor(r)
 		}
 		if r.Auth != nil && r.Auth.Forward != nil {
 			sn.auths[r] = newForwardAuth(r.Auth.Forward)
+		}
+		if r.Auth != nil && r.Auth.JWT != nil {
+			sn.jwts[r] = h.newJWTAuth(r.Auth.JWT)
 		}
 	}
 	return sn
@@ -176,8 +187,10 @@ func New(o Options) *Handler {
 	h.stats = map[string]*routeStats{}
 	h.limits = map[string]*sessionLimits{}
 	h.rates = map[string]*ratelimit.Keyed[netip.Addr]{}
+	h.jwks = map[string]*jwksFetcher{}
 	h.noRoute = h.statsFor("")
 	h.cur.Store(newSnapshot(&o, h))
+	h.pruneJWKS()
 	return h
 }
 
@@ -223,6 +236,21 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
+	var expires time.Time
+	if len(sn.jwts) > 0 && sn.jwts[r] != nil {
+		exp, ok := h.verifyJWT(ctx, sn, r, sn.jwts[r])
+		if !ok {
+			if isUpgradeAttempt(ctx) && r.WebSocket.Enabled {
+				h.countHandshake(ctx, r, ctx.Response.StatusCode())
+			}
+			ctx.Response.Header.SetCanonical(hdrRequestID, id)
+			h.logRequest(ctx, r, ctx.Response.StatusCode(), "")
+			return
+		}
+		if !exp.IsZero() {
+			expires = exp.Add(r.Auth.JWT.ExpiryGrace)
+		}
+	}
 	if len(sn.auths) > 0 && sn.auths[r] != nil && !h.authorize(ctx, sn, r, sn.auths[r]) {
 		if isUpgradeAttempt(ctx) && r.WebSocket.Enabled {
 			h.countHandshake(ctx, r, ctx.Response.StatusCode())
@@ -242,7 +270,7 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	case r.Static != nil:
 		sn.statics[r](ctx)
 	case isUpgradeAttempt(ctx) && r.WebSocket.Enabled:
-		h.serveWebSocket(ctx, sn, r)
+		h.serveWebSocket(ctx, sn, r, expires)
 		ctx.Response.Header.SetCanonical(hdrRequestID, id)
 		h.countHandshake(ctx, r, ctx.Response.StatusCode())
 		return

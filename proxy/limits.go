@@ -114,8 +114,9 @@ func clientAddr(ctx *fasthttp.RequestCtx, trusted []netip.Prefix) netip.Addr {
 }
 
 // policyOf is the wsrelay.Policy of a route's WebSocket settings.
-func policyOf(ws *routes.WebSocket) *wsrelay.Policy {
-	return &wsrelay.Policy{
+func policyOf(r *routes.Route) *wsrelay.Policy {
+	ws := &r.WebSocket
+	p := &wsrelay.Policy{
 		PingInterval: ws.PingInterval,
 		PingTimeout:  ws.PingTimeout,
 		UserTimeout:  ws.TCPUserTimeout,
@@ -123,6 +124,10 @@ func policyOf(ws *routes.WebSocket) *wsrelay.Policy {
 		DropOverRate: ws.DropOverRate,
 		ValidateUTF8: ws.ValidateUTF8,
 	}
+	if r.Auth != nil && r.Auth.JWT != nil {
+		p.ExpiryCode, p.ExpiryReason = r.Auth.JWT.ExpiryCode, r.Auth.JWT.ExpiryReason
+	}
+	return p
 }
 
 // ratesFor returns the request rate limit of route r: the one its ID had

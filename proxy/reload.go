@@ -43,6 +43,7 @@ type ReloadResult struct {
 func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 	sn := newSnapshot(&o, h)
 	prev := h.cur.Swap(sn)
+	h.pruneJWKS() // the JWK Set URLs sn no longer uses
 
 	if h.reg.Draining() {
 		return ReloadResult{}

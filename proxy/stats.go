@@ -29,6 +29,19 @@ var StatusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 // not valid HTTP (or broke off).
 var ErrorKinds = [...]string{"unavailable", "refused", "timeout", "reset", "bad_response"}
 
+// AuthReasons are why a route's auth refused a request: no token, a
+// token that did not verify, an expired one; the auth service's denial,
+// or no answer from it.
+var AuthReasons = [...]string{"jwt_missing", "jwt_invalid", "jwt_expired", "forward_denied", "forward_unavailable"}
+
+const (
+	authJWTMissing = iota
+	authJWTInvalid
+	authJWTExpired
+	authForwardDenied
+	authForwardUnavailable
+)
+
 // DurationBounds are the upper bounds (seconds) of the request and
 // handshake duration histograms' buckets.
 var DurationBounds = [...]float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
@@ -76,6 +89,7 @@ type routeStats struct {
 	retries        atomic.Int64
 	clientGone     atomic.Int64 // 499: the client left before the response ended
 	rateLimited    atomic.Int64 // 429: over limits.requests_per_second_per_ip
+	authRejected   [len(AuthReasons)]atomic.Int64
 
 	handshakes        atomic.Int64 // upgrades that succeeded (101)
 	handshakeDuration histogram
@@ -104,6 +118,9 @@ type RouteStats struct {
 	// RateLimited counts requests (handshakes included) refused with
 	// 429 over limits.requests_per_second_per_ip.
 	RateLimited int64
+	// AuthRejected[i] counts requests the route's auth refused for
+	// AuthReasons[i].
+	AuthRejected [len(AuthReasons)]int64
 	// Handshakes counts WebSocket upgrades; HandshakeDuration their time
 	// from the request to the 101; Refused failed handshakes by status.
 	Handshakes        int64
@@ -246,6 +263,9 @@ func (h *Handler) Stats() []RouteStats {
 		o.Retries = st.retries.Load()
 		o.ClientGone = st.clientGone.Load()
 		o.RateLimited = st.rateLimited.Load()
+		for i := range st.authRejected {
+			o.AuthRejected[i] = st.authRejected[i].Load()
+		}
 		o.Handshakes = st.handshakes.Load()
 		o.HandshakeDuration = st.handshakeDuration.snapshot()
 		st.refusedMu.Lock()

@@ -114,7 +114,10 @@ func originAllowed(ctx *fasthttp.RequestCtx, allow []string) bool {
 // request, dials the backend and completes the handshake there first, and
 // only after a valid 101 upgrades the client. Every failure before that
 // point is an ordinary HTTP response on a connection that stays HTTP.
-func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route) {
+//
+// expires, when not zero, is when the session's token runs out (auth.jwt):
+// the session is closed then.
+func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, expires time.Time) {
 	if status, msg := checkClientHandshake(ctx); status != 0 {
 		plainError(ctx, status, msg)
 		if status == fasthttp.StatusUpgradeRequired {
@@ -191,7 +194,7 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *rout
 		h.relayRefusal(ctx, r, bh)
 		return
 	}
-	s = h.upgradeClient(ctx, sn, r, bh, slot)
+	s = h.upgradeClient(ctx, sn, r, bh, slot, expires)
 }
 
 // backendHandshake is the backend's answer to wsgate's upgrade request.
@@ -481,7 +484,7 @@ func (b *refusalBody) Close() error {
 // upgradeClient answers the client's handshake with a 101 carrying the
 // backend's choices (subprotocol, extensions, cookies and other end-to-end
 // headers) and hands the connection to a relay session.
-func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, bh *backendHandshake, slot *sessionSlot) *wsrelay.Session {
+func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, bh *backendHandshake, slot *sessionSlot, expires time.Time) *wsrelay.Session {
 	_ = bh.conn.SetDeadline(time.Time{})
 	ext := bh.resp.Header.Get("Sec-WebSocket-Extensions")
 	for name, vs := range bh.resp.Header {
@@ -517,6 +520,7 @@ func (h *Handler) upgradeClient(ctx *fasthttp.RequestCtx, sn *snapshot, r *route
 		Idle:        r.WebSocket.IdleTimeout,
 		Write:       sn.write,
 		Policy:      sn.policy[r],
+		Expires:     expires,
 		OnEnd:       onEnd,
 		Tag:         &wsTag{route: r, target: target},
 	}, bh.conn, takeBuffered(bh.br))

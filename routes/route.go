@@ -1,6 +1,9 @@
 package routes
 
-import "time"
+import (
+	"crypto"
+	"time"
+)
 
 // Route is one compiled entry of the route table. It is immutable once the
 // table is built and shared by every request that matches it.
@@ -120,7 +123,39 @@ type WebSocket struct {
 type Auth struct {
 	// Forward, when not nil, asks an auth service about each request.
 	Forward *ForwardAuth
+	// JWT, when not nil, requires a valid token on each request.
+	JWT *JWT
 }
+
+// JWT is how a route verifies JSON Web Tokens.
+type JWT struct {
+	// Keys are the public keys from PEM files; JWKS a JWK Set read from
+	// a file; JWKSURL one fetched and refreshed every JWKSRefresh.
+	Keys        []crypto.PublicKey `json:"-"`
+	KeyFiles    []string
+	JWKS        []byte `json:"-"`
+	JWKSFile    string `json:",omitempty"`
+	JWKSURL     string `json:",omitempty"`
+	JWKSRefresh time.Duration
+	Issuer      string `json:",omitempty"`
+	Audience    string `json:",omitempty"`
+	// From is where the token is: FromKind "header", "cookie" or
+	// "query", and the name (for "header", Authorization means the
+	// Bearer scheme).
+	FromKind, FromName string
+	Algorithms         []string
+	Leeway             time.Duration
+	// ClaimsToHeaders sets request headers from claims, sorted by header.
+	ClaimsToHeaders []ClaimHeader `json:",omitempty"`
+	// A WebSocket session ends ExpiryGrace after its token's exp, with
+	// ExpiryCode and ExpiryReason to the client.
+	ExpiryGrace  time.Duration
+	ExpiryCode   uint16
+	ExpiryReason string
+}
+
+// ClaimHeader is one claims_to_headers entry.
+type ClaimHeader struct{ Claim, Header string }
 
 // ForwardAuth asks an auth service about each request: 2xx lets it
 // through (with CopyResponseHeaders set on it from the answer), any other

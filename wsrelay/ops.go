@@ -16,7 +16,7 @@ import (
 func (s *Session) Info() Info {
 	in := Info{
 		ID: s.ID(), Route: s.route.Name, Upstream: s.route.Upstream, Target: s.target,
-		Client: s.remote, Subprotocol: s.subprotocol, Started: s.start,
+		Client: s.remote, Subprotocol: s.subprotocol, Started: time.Unix(0, s.start),
 		LastActive: time.Unix(0, s.lastActive()),
 		Closing:    s.closing(),
 		Injected:   s.injected.Load(),
@@ -26,7 +26,7 @@ func (s *Session) Info() Info {
 		},
 	}
 	if in.LastActive.UnixNano() == 0 {
-		in.LastActive = s.start
+		in.LastActive = in.Started
 	}
 	if c := s.clientLeg(); c != nil {
 		in.FromClient = Flow{Messages: c.messages.Load(), Bytes: c.bytes.Load()}

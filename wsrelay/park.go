@@ -567,7 +567,8 @@ func (s *Session) due(src *leg, now time.Time) bool {
 		return true
 	}
 	return s.idle > 0 && s.idleLeft(now) <= parkMargin ||
-		s.policy().PingInterval > 0 && s.pingNear(src, now.UnixNano())
+		s.policy().PingInterval > 0 && s.pingNear(src, now.UnixNano()) ||
+		s.expiresNear(src, now.UnixNano())
 }
 
 // pingSoon reports whether src is due for a keepalive ping by the next

@@ -34,6 +34,11 @@ type Policy struct {
 	// ValidateUTF8: text messages (not compressed) are checked as UTF-8;
 	// invalid text gets 1007.
 	ValidateUTF8 bool
+	// ExpiryCode and ExpiryReason are what the client of a session whose
+	// credentials expired gets (Config.Expires); 0: 4001 "token
+	// expired".
+	ExpiryCode   uint16
+	ExpiryReason string
 }
 
 // noPolicy is the Policy of sessions made without one.
@@ -75,18 +80,22 @@ type Actions struct {
 	// InvalidUTF8: sessions closed (1007) because this side sent text
 	// that is not UTF-8.
 	InvalidUTF8 int64
+	// Expired: sessions closed because their credentials expired
+	// (counted on the client side).
+	Expired int64
 }
 
 // actionCounts is Actions, live: per route and side, updated by the
 // sessions as they act.
 type actionCounts struct {
-	pings, pingTimeouts, rateLimited, dropped, invalidUTF8 atomic.Int64
+	pings, pingTimeouts, rateLimited, dropped, invalidUTF8, expired atomic.Int64
 }
 
 func (a *actionCounts) snapshot() Actions {
 	return Actions{
 		Pings: a.pings.Load(), PingTimeouts: a.pingTimeouts.Load(),
 		RateLimited: a.rateLimited.Load(), Dropped: a.dropped.Load(), InvalidUTF8: a.invalidUTF8.Load(),
+		Expired: a.expired.Load(),
 	}
 }
 
@@ -263,4 +272,25 @@ func (s *Session) pingTimeout(dead, live *leg) {
 	_ = dead.conn.Close() // a write blocked on dead fails and lets go of its lock
 	live.sendClose(code, reason)
 	s.startClosing()
+}
+
+// expiresNear reports whether src is the client leg of a session whose
+// credentials expire within parkMargin of now: its pump then waits on
+// its goroutine with an exact deadline rather than in the poller.
+func (s *Session) expiresNear(src *leg, now int64) bool {
+	return src == s.client && s.expires != 0 && s.expires-now <= int64(parkMargin)
+}
+
+// expire closes a session whose credentials expired: the policy's code
+// (default 4001 "token expired") to the client, 1001 to the backend.
+func (s *Session) expire() {
+	p := s.policy()
+	code, reason := p.ExpiryCode, p.ExpiryReason
+	if code == 0 {
+		code, reason = 4001, "token expired"
+	}
+	if s.closeBy.Load() == 0 {
+		s.route.clientActions.expired.Add(1)
+	}
+	s.closeBoth(code, reason, closeGoingAway, "token expired")
 }

@@ -130,6 +130,10 @@ type Config struct {
 	// Policy is what wsgate enforces on the session beyond RFC 6455;
 	// nil: nothing.
 	Policy *Policy
+	// Expires is when the credentials the session was opened with run
+	// out (a JWT's exp, plus a grace): the client then gets the Policy's
+	// ExpiryCode and the backend 1001. Zero: never.
+	Expires time.Time
 	// OnEnd is called once when the session ends (or is abandoned).
 	OnEnd func()
 	// Tag is the caller's: [Session.Tag] returns it.
@@ -149,7 +153,7 @@ func (r *Registry) NewSession(c Config, backend net.Conn, early []byte) *Session
 		subprotocol: c.Subprotocol,
 		onEnd:       c.OnEnd,
 		tag:         c.Tag,
-		start:       time.Now(),
+		start:       time.Now().UnixNano(),
 		deflate:     c.Deflate,
 		maxMessage:  c.MaxMessage,
 		idle:        c.Idle,
@@ -157,6 +161,9 @@ func (r *Registry) NewSession(c Config, backend net.Conn, early []byte) *Session
 		backend:     newLeg(backend, early, true),
 	}
 	s.pol.Store(cmp.Or(c.Policy, noPolicy))
+	if !c.Expires.IsZero() {
+		s.expires = max(c.Expires.UnixNano(), 1)
+	}
 	return s
 }
 
@@ -266,10 +273,10 @@ func (r *Registry) endedLocked(s *Session) {
 	}
 	t.fromBackend.add(s.backend)
 	end := time.Now()
-	t.observeDuration(end.Sub(s.start))
+	t.observeDuration(end.Sub(time.Unix(0, s.start)))
 	cl := Closed{
 		ID: s.ID(), Route: s.route.Name, Upstream: s.route.Upstream, Target: s.target, Client: s.remote,
-		Started: s.start, Ended: end,
+		Started: time.Unix(0, s.start), Ended: end,
 		BackendCode: s.backend.closeCode,
 		FromBackend: Flow{Messages: s.backend.messages.Load(), Bytes: s.backend.bytes.Load()},
 	}

@@ -173,8 +173,12 @@ type Session struct {
 	subprotocol string
 	onEnd       func() // called once when the session is removed
 	tag         any    // the caller's (see Config.Tag)
-	start       time.Time
-	pl          *poller // where this session's legs park
+	start       int64  // unix nanoseconds
+	// expires is when the session's credentials run out (unix
+	// nanoseconds, 0: never): the client then gets the policy's
+	// ExpiryCode (see expire).
+	expires int64
+	pl      *poller // where this session's legs park
 
 	deflate    bool // permessage-deflate negotiated: RSV1 allowed on data frames
 	maxMessage int64
@@ -634,6 +638,10 @@ func (s *Session) onTimeout(src *leg) bool {
 		// set just before the closing started may fire earlier.
 		return now < by
 	}
+	if src == s.client && s.expires != 0 && now >= s.expires {
+		s.expire()
+		return true // read the close replies until closeBy
+	}
 	if at, dead := s.pingDue(src); at != 0 && now >= at {
 		if dead {
 			s.pingTimeout(src, s.other(src))
@@ -661,7 +669,8 @@ func (s *Session) canPark(src *leg) bool { return s.canParkAt(src, time.Now()) }
 func (s *Session) canParkAt(src *leg, now time.Time) bool {
 	return parking && src.raw != nil && src.br.idle() && s.closeBy.Load() == 0 &&
 		(s.idle <= 0 || s.idleLeft(now) > parkMargin) &&
-		(s.policy().PingInterval <= 0 || !s.pingNear(src, now.UnixNano()))
+		(s.policy().PingInterval <= 0 || !s.pingNear(src, now.UnixNano())) &&
+		!s.expiresNear(src, now.UnixNano())
 }
 
 // other returns the leg that is not l.
@@ -995,6 +1004,9 @@ func (s *Session) setReadDeadline(src *leg, now time.Time) {
 	if s.idle > 0 {
 		dl = time.Unix(0, s.lastActiveRun()).Add(s.idle)
 	}
+	if src == s.client && s.expires != 0 && (dl.IsZero() || s.expires < dl.UnixNano()) {
+		dl = time.Unix(0, s.expires)
+	}
 	if at, dead := s.pingDue(src); at != 0 {
 		if dead {
 			// A ping is out: its answer may already wait in the socket
@@ -1182,7 +1194,7 @@ func (s *Session) log() {
 		slog.String("route", s.route.Name),
 		slog.String("client", s.remote),
 		slog.String("backend", hostPort(s.target)),
-		slog.Int64("duration_ms", time.Since(s.start).Milliseconds()),
+		slog.Int64("duration_ms", time.Since(time.Unix(0, s.start)).Milliseconds()),
 		slog.Int("client_close", int(s.client.closeCode)),
 		slog.Int("backend_close", int(s.backend.closeCode)),
 		slog.String("closed_by", by.String()),

@@ -18,7 +18,7 @@ func testSession(t testing.TB) (s *Session, clientPeer, backendPeer net.Conn) {
 	s = &Session{
 		reg:   NewRegistry(Options{Logger: slog.New(slog.DiscardHandler)}),
 		route: &Route{Name: "test"},
-		start: time.Now(),
+		start: time.Now().UnixNano(),
 		idle:  time.Hour,
 		write: time.Minute,
 		// Readers without a RawConn keep their buffer: the allocation test
