@@ -289,7 +289,7 @@ func startSets(sets map[string]*upstream.Set) {
 
 // watchedFiles returns the files a change of which reloads: the config
 // file and every file it names (certificates, keys, CA files, static
-// roots, whose existence matters).
+// roots, whose existence matters, JWT keys and JWK Sets).
 func watchedFiles(path string, cfg *config.Config) []string {
 	files := []string{path}
 	if cfg == nil {
@@ -310,6 +310,13 @@ func watchedFiles(path string, cfg *config.Config) []string {
 	for _, r := range cfg.Routes {
 		if r.Static != nil {
 			files = append(files, r.Static.Root)
+		}
+		if r.Auth != nil && r.Auth.JWT != nil {
+			// A rotated key file takes effect without a SIGHUP.
+			files = append(files, r.Auth.JWT.Keys...)
+			if j := r.Auth.JWT.JWKS; j != "" && !strings.Contains(j, "://") {
+				files = append(files, j)
+			}
 		}
 	}
 	return files
