@@ -65,6 +65,7 @@ const (
 	defaultPingInterval     = 30 * time.Second
 	defaultPingTimeout      = 10 * time.Second
 	defaultTCPUserTimeout   = 60 * time.Second
+	maxPolicyDuration       = 24 * time.Hour // ping.interval, ping.timeout, tcp_user_timeout
 	defaultAuthTimeout      = 5 * time.Second
 	defaultJWKSRefresh      = time.Hour
 	defaultExpiryCloseCode  = 4001

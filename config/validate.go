@@ -1165,11 +1165,20 @@ func (v *validator) websocket(path string, w *WebSocket) routes.WebSocket {
 		if p.Interval > 0 && p.Interval < 100*time.Millisecond {
 			v.atf(path+".ping.interval", "%s is under the minimum of 100ms", p.Interval)
 		}
+		if p.Interval > maxPolicyDuration {
+			v.atf(path+".ping.interval", "%s is over the maximum of %s", p.Interval, maxPolicyDuration)
+		}
+		if p.Timeout > maxPolicyDuration {
+			v.atf(path+".ping.timeout", "%s is over the maximum of %s", p.Timeout, maxPolicyDuration)
+		}
 		pingInterval, pingTimeout = p.Interval, p.Timeout
 	}
 	v.duration(path+".tcp_user_timeout", &w.TCPUserTimeout, defaultTCPUserTimeout)
 	if w.TCPUserTimeout > 0 && w.TCPUserTimeout < time.Second {
 		v.atf(path+".tcp_user_timeout", "%s is under the minimum of 1s", w.TCPUserTimeout)
+	}
+	if w.TCPUserTimeout > maxPolicyDuration {
+		v.atf(path+".tcp_user_timeout", "%s is over the maximum of %s", w.TCPUserTimeout, maxPolicyDuration)
 	}
 	burst := v.rate(path, "max_messages_per_second", w.MaxMessagesPerSecond, w.Burst)
 	if w.RateLimitAction == "" {

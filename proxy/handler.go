@@ -231,6 +231,9 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		if ok, retry := sn.rates[r].Allow(clientAddr(ctx, sn.trusted), time.Now().UnixNano()); !ok {
 			sn.stats[r].rateLimited.Add(1)
 			tooManyRequests(ctx, retry)
+			if isUpgradeAttempt(ctx) && r.WebSocket.Enabled {
+				h.countHandshake(ctx, r, fasthttp.StatusTooManyRequests)
+			}
 			ctx.Response.Header.SetCanonical(hdrRequestID, id)
 			h.logRequest(ctx, r, fasthttp.StatusTooManyRequests, "")
 			return

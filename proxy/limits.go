@@ -151,3 +151,19 @@ func tooManyRequests(ctx *fasthttp.RequestCtx, retry time.Duration) {
 	plainError(ctx, fasthttp.StatusTooManyRequests, "too many requests")
 	ctx.Response.Header.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
 }
+
+// pruneRates forgets the request rate limits of routes sn does not
+// limit (removed, or their limit taken off).
+func (h *Handler) pruneRates(sn *snapshot) {
+	keep := make(map[string]bool, len(sn.rates))
+	for r := range sn.rates {
+		keep[r.ID] = true
+	}
+	h.limitsMu.Lock()
+	defer h.limitsMu.Unlock()
+	for id := range h.rates {
+		if !keep[id] {
+			delete(h.rates, id)
+		}
+	}
+}

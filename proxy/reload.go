@@ -44,6 +44,7 @@ func (h *Handler) Reload(o Options, drain time.Duration) ReloadResult {
 	sn := newSnapshot(&o, h)
 	prev := h.cur.Swap(sn)
 	h.pruneJWKS() // the JWK Set URLs sn no longer uses
+	h.pruneRates(sn)
 
 	if h.reg.Draining() {
 		return ReloadResult{}

@@ -360,7 +360,7 @@ func (s *Session) serve(src, dst *leg, now time.Time) served {
 			br.release()
 			return serveStay
 		}
-		if m, own := ownPong(b); own {
+		if m, own := s.ownPong(src, b); own {
 			// The answer to wsgate's keepalive ping: consumed here, so
 			// an idle leg answering pings never needs a goroutine.
 			src.lastRead.Store(now.UnixNano())

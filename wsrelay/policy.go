@@ -3,6 +3,7 @@ package wsrelay
 import (
 	"cmp"
 	"crypto/rand"
+	"math"
 	"net"
 	"sync/atomic"
 	"syscall"
@@ -142,14 +143,15 @@ func (s *Session) lastActiveRun() int64 {
 // dead at the ping plus the timeout. dead says which; 0 when pings are
 // off.
 func (s *Session) pingDue(l *leg) (at int64, dead bool) {
-	if s.policy().PingInterval <= 0 {
+	p := s.policy()
+	if p.PingInterval <= 0 {
 		return 0, false
 	}
 	seen, sent := l.lastRead.Load(), l.pingAt.Load()
 	if sent > seen {
-		return sent + int64(s.policy().PingTimeout), true
+		return addSat(sent, s.pingTimeout()), true
 	}
-	return seen + int64(s.policy().PingInterval), false
+	return addSat(seen, p.PingInterval), false
 }
 
 // pingNear reports whether l has a ping out whose timeout is within
@@ -165,22 +167,70 @@ func pingFrame(buf []byte, l *leg) []byte {
 	return appendControlFrame(buf, opPing, pingToken[:], l.masked, newMaskKey())
 }
 
-// ping sends wsgate's keepalive ping to l from a pump goroutine.
-func (s *Session) ping(l *leg, now int64) {
-	l.mu.Lock()
+// ping sends wsgate's keepalive ping to l from a pump goroutine. It does
+// not wait for a write to l in progress (the other direction may hold
+// l's lock for a whole slow frame, and this pump must go on reading):
+// then nothing is sent, and setReadDeadline retries within pingRetry.
+func (s *Session) ping(l *leg) {
+	if !l.mu.TryLock() {
+		return
+	}
 	defer l.mu.Unlock()
 	if l.closeSent {
 		return
 	}
 	var buf [maxFrameHeader + len(pingToken)]byte
 	b := pingFrame(buf[:0], l)
-	l.writeWithinLocked(min(s.policy().PingTimeout, closeWait))
+	l.writeWithinLocked(min(s.pingTimeout(), closeWait))
 	if _, err := l.write(b); err != nil {
 		l.failLocked(err)
 		return
 	}
-	l.pingAt.Store(now)
+	// Stamped once it is out: the answer's time counts from here.
+	l.pingAt.Store(time.Now().UnixNano())
 	s.actions(l).pings.Add(1)
+}
+
+// pingRetry is how soon a pump tries again a ping it could not send.
+const pingRetry = 50 * time.Millisecond
+
+// recheckEvery bounds the read deadline of a leg that never parks, so
+// that a policy a reload sets (SetPolicy) reaches it this soon: 30 s
+// (tests shorten it).
+var recheckEvery = func() *atomic.Int64 {
+	var d atomic.Int64
+	d.Store(int64(30 * time.Second))
+	return &d
+}()
+
+// pingTimeout is the policy's ping timeout; a policy made without one
+// (not through the config) gets the config's default.
+func (s *Session) pingTimeout() time.Duration {
+	if t := s.policy().PingTimeout; t > 0 {
+		return t
+	}
+	return 10 * time.Second
+}
+
+// allowMessage takes a token for a new message from src's rate limit. A
+// reload that changes the policy starts src's bucket afresh (full): a
+// state built under the old limit does not carry over.
+func (s *Session) allowMessage(src *leg, p *Policy, now int64) bool {
+	if !p.MessageRate.Enabled() {
+		return true
+	}
+	if src.tatPol != p {
+		src.tat, src.tatPol = 0, p
+	}
+	return p.MessageRate.Allow(&src.tat, now)
+}
+
+// addSat is a + d, saturating: durations from a policy may be huge.
+func addSat(a int64, d time.Duration) int64 {
+	if int64(d) > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + int64(d)
 }
 
 // pingNow sends wsgate's keepalive ping to the parked leg l from the
@@ -226,12 +276,12 @@ func (s *Session) pingNow(l *leg, now int64) {
 	s.actions(l).pings.Add(1)
 }
 
-// ownPong reports whether b starts with a whole pong answering wsgate's
-// ping, and its size on the wire.
-func ownPong(b []byte) (int, bool) {
+// ownPong reports whether b, read from src, starts with a whole valid
+// pong answering wsgate's ping, and its size on the wire.
+func (s *Session) ownPong(src *leg, b []byte) (int, bool) {
 	h, ok, err := parseHeader(b)
-	if !ok || err != nil || h.opcode != opPong || !h.fin || h.length != int64(len(pingToken)) ||
-		len(b) < h.size+len(pingToken) {
+	if !ok || err != nil || h.opcode != opPong || h.length != int64(len(pingToken)) ||
+		len(b) < h.size+len(pingToken) || s.check(&h, &src.st) != nil {
 		return 0, false
 	}
 	return h.size + len(pingToken), isPingToken(b[h.size:h.size+len(pingToken)], &h)
@@ -255,11 +305,11 @@ func isPingToken(p []byte, h *frameHeader) bool {
 	return true
 }
 
-// pingTimeout ends the session because dead did not answer a ping:
+// pingTimedOut ends the session because dead did not answer a ping:
 // dead's connection is cut (there is no one to send a close to), and
 // the live side gets 1001 (the client went) or 1011 "upstream
 // unresponsive" (the backend went).
-func (s *Session) pingTimeout(dead, live *leg) {
+func (s *Session) pingTimedOut(dead, live *leg) {
 	code, reason, logReason := uint16(closeGoingAway), "client ping timeout", "client ping timeout"
 	if dead.masked {
 		code, reason, logReason = closeInternalError, "upstream unresponsive", "backend ping timeout"
@@ -270,8 +320,8 @@ func (s *Session) pingTimeout(dead, live *leg) {
 		"timeout_ms", s.policy().PingTimeout.Milliseconds())
 	dead.dead.Store(true)
 	_ = dead.conn.Close() // a write blocked on dead fails and lets go of its lock
+	s.startClosing()      // first: no ping is due while the close is written
 	live.sendClose(code, reason)
-	s.startClosing()
 }
 
 // expiresNear reports whether src is the client leg of a session whose

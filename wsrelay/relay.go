@@ -71,8 +71,10 @@ type leg struct {
 	lastRead atomic.Int64
 	pingAt   atomic.Int64
 	// tat is the rate limit's state for the peer's messages (see
-	// ratelimit.Limit.Allow); used by whoever reads the leg.
-	tat int64
+	// ratelimit.Limit.Allow), tatPol the policy it was built under (see
+	// allowMessage); used by whoever reads the leg.
+	tat    int64
+	tatPol *Policy
 
 	// pending: this many buffered bytes of br are frames prepared for
 	// the other leg, whose mu is locked until the pump writes them (see
@@ -491,11 +493,16 @@ func (s *Session) relayFrame(src, dst *leg, st *pumpState) bool {
 		src.br.release()
 		return true
 	}
+	open := s.closeBy.Load() == 0 // once closing, frames are dropped unchecked
+	if !open {
+		st.text = false
+	}
 	if h.opcode != opContinuation {
-		st.text = h.opcode == opText && s.policy().ValidateUTF8 && h.rsv&0x40 == 0
+		p := s.policy()
+		st.text = open && h.opcode == opText && p.ValidateUTF8 && h.rsv&0x40 == 0
 		st.utf8 = utf8Accept
 		st.dropping = false
-		if !s.policy().MessageRate.Allow(&src.tat, now.UnixNano()) {
+		if open && !s.allowMessage(src, p, now.UnixNano()) {
 			if s.policy().DropOverRate {
 				st.dropping = true
 				s.actions(src).dropped.Add(1)
@@ -578,7 +585,7 @@ func (s *Session) textOK(src *leg, h *frameHeader, st *pumpState) bool {
 // rate: 1008 to it, 1001 to the other side. The message is read and
 // dropped like any after a close.
 func (s *Session) overRate(src *leg) {
-	s.actions(src).rateLimited.Add(1)
+	s.actions(src).rateLimited.Add(1) // the caller checked the session is open
 	if src == s.client {
 		s.closeBoth(closePolicyViolation, closeRateReason, closeGoingAway, "client message rate exceeded")
 	} else {
@@ -644,10 +651,10 @@ func (s *Session) onTimeout(src *leg) bool {
 	}
 	if at, dead := s.pingDue(src); at != 0 && now >= at {
 		if dead {
-			s.pingTimeout(src, s.other(src))
+			s.pingTimedOut(src, s.other(src))
 			return false
 		}
-		s.ping(src, now)
+		s.ping(src)
 	}
 	if s.idle > 0 && time.Duration(now-s.lastActiveRun()) >= s.idle {
 		s.closeBoth(closeGoingAway, "idle timeout", closeGoingAway, "idle timeout")
@@ -739,6 +746,7 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 		dst.mu.Unlock()
 	}()
 	if dst.closeSent {
+		st.text = false // dropped unchecked: the check cannot go on
 		return discard(src.br, int64(h.size)) == nil && discard(src.br, h.length) == nil
 	}
 	srcKey := h.mask // the key the payload is masked with as read
@@ -811,7 +819,8 @@ func (s *Session) forward(src, dst *leg, h *frameHeader, st *pumpState, now time
 		}
 		remaining -= int64(m)
 		if werr != nil {
-			continue // keep reading src in step; dst is dead
+			st.text = false // dropped unchecked: the check cannot go on
+			continue        // keep reading src in step; dst is dead
 		}
 		if st.text {
 			// Checked before it goes out. Invalid text in a frame this
@@ -860,6 +869,7 @@ func (s *Session) batch(src, dst *leg, st *pumpState, n int, now int64) int {
 func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte, now int64) int {
 	added := 0
 	var messages, bytes int64
+	p := s.policy()
 	defer func() {
 		// Counted once per batch: one atomic update per counter.
 		if messages > 0 {
@@ -888,7 +898,7 @@ func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte, now int64) int
 		}
 		text, u := st.text, st.utf8
 		if h.opcode != opContinuation {
-			text, u = h.opcode == opText && s.policy().ValidateUTF8 && h.rsv&0x40 == 0, utf8Accept
+			text, u = h.opcode == opText && p.ValidateUTF8 && h.rsv&0x40 == 0, utf8Accept
 		}
 		if text {
 			u = utf8Masked(u, rest[h.size:size], h.mask, 0)
@@ -899,7 +909,7 @@ func (s *Session) prepare(src, dst *leg, st *pumpState, b []byte, now int64) int
 		if h.opcode != opContinuation {
 			// Last, as it takes a token: relayFrame asks again for a
 			// message stopped here.
-			if !s.policy().MessageRate.Allow(&src.tat, now) {
+			if !s.allowMessage(src, p, now) {
 				return added
 			}
 			messages++
@@ -980,6 +990,10 @@ func (s *Session) sourceGone(src, dst *leg) {
 	src.mu.Lock()
 	src.closeSent = true // nothing more can be written to a gone peer
 	src.mu.Unlock()
+	// Closing first: from now on every read is bounded by closeBy, and
+	// no keepalive ping is due while the close below is written (which
+	// may take up to closeWait toward a slow reader).
+	s.startClosing()
 	if src == s.client {
 		dst.sendClose(closeGoingAway, "client went away")
 	} else {
@@ -987,7 +1001,6 @@ func (s *Session) sourceGone(src, dst *leg) {
 		// must never see 1006 because the backend vanished.
 		dst.sendClose(closeInternalError, "backend went away")
 	}
-	s.startClosing()
 }
 
 // setReadDeadline bounds the next read from src: by closeBy while
@@ -1012,9 +1025,21 @@ func (s *Session) setReadDeadline(src *leg, now time.Time) {
 			// A ping is out: its answer may already wait in the socket
 			// (this pump was busy writing), so the read gets a moment.
 			at = max(at, now.Add(5*time.Millisecond).UnixNano())
+		} else {
+			// A ping that is due but could not be sent (see ping) is
+			// tried again shortly, not in a loop.
+			at = max(at, now.Add(pingRetry).UnixNano())
 		}
 		if t := time.Unix(0, at); dl.IsZero() || t.Before(dl) {
 			dl, slack = t, s.policy().PingTimeout/16
+		}
+	}
+	if src.raw == nil {
+		// A leg that never parks (TLS) looks again now and then, so that
+		// a reload that turns pings on reaches it (see SetPolicy).
+		every := time.Duration(recheckEvery.Load())
+		if r := now.Add(every); dl.IsZero() || r.Before(dl) {
+			dl, slack = r, every/16
 		}
 	}
 	if s.canParkAt(src, now) {
