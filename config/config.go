@@ -149,6 +149,11 @@ type Listener struct {
 	// routes; "demo" serves wsgate's built-in demo backend (a page and a
 	// WebSocket echo) instead.
 	Builtin string `yaml:"builtin"`
+	// ProxyProtocol accepts a PROXY protocol v1 or v2 header (HAProxy
+	// send-proxy, AWS NLB, cloud load balancers) from trusted_proxies:
+	// its source address is the client's. A connection from anyone else
+	// that sends one is closed. Needs trusted_proxies. Default false.
+	ProxyProtocol bool `yaml:"proxy_protocol"`
 }
 
 // ListenerTLS configures an HTTPS listener.

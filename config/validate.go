@@ -62,6 +62,12 @@ func (v *validator) config(doc *document) *Config {
 	cfg.UpstreamConfigs = compiled
 	rs := v.routes(cfg, ups)
 	cfg.Trusted = v.trustedProxies(cfg.TrustedProxies)
+	for i, l := range cfg.Listeners {
+		if l.ProxyProtocol && len(cfg.TrustedProxies) == 0 {
+			v.atf(fmt.Sprintf("listeners[%d].proxy_protocol", i),
+				"needs trusted_proxies: the addresses of the load balancers that send the header")
+		}
+	}
 	if len(v.errs) > 0 {
 		return nil
 	}

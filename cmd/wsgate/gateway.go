@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/netip"
 	"reflect"
 	"runtime"
 	"slices"
@@ -40,6 +41,9 @@ type gateway struct {
 	// files to the end of the apply: two overlapping ones (SIGHUP and a
 	// file change) could otherwise apply an older file last.
 	reloadMu sync.Mutex
+	// trusted is the running config's trusted_proxies, for the PROXY
+	// protocol listeners, which read it as connections arrive.
+	trusted  atomic.Pointer[[]netip.Prefix]
 	mu       sync.Mutex // serialises reloads, hand-over and shutdown; guards the fields below
 	cfg      *config.Config
 	sets     map[string]*upstream.Set // by upstream name: those routes name
@@ -93,6 +97,7 @@ func start(path string, cfg *config.Config, log *slog.Logger, accessLog bool, in
 		lns:    map[string]*listener{},
 	}
 	g.retireCtx, g.stopRetires = context.WithCancel(context.Background())
+	g.trusted.Store(&cfg.Trusted)
 	g.files = watchedFiles(path, cfg)
 	g.stats = filewatch.StatFiles(g.files, nil)
 	g.sets = buildSets(cfg, nil, log)
@@ -179,7 +184,7 @@ func (g *gateway) openListener(lc config.Listener, key string, in *inherited) (*
 	if err != nil {
 		return nil, err
 	}
-	l := &listener{key: key, cfg: lc, sock: sock, addr: sock.Addr().String()}
+	l := &listener{key: key, cfg: lc, sock: sock, addr: sock.Addr().String(), trusted: g.trustedProxies, log: g.log}
 	if lc.TLS != nil {
 		store, err := loadStore(lc, g.log)
 		if err != nil {
@@ -466,7 +471,8 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 	keys := listenerKeys(cfg)
 	for i, lc := range cfg.Listeners {
 		if l := g.lns[keys[i]]; l != nil {
-			modeChanged := (l.cfg.TLS == nil) != (lc.TLS == nil) || l.cfg.Builtin != lc.Builtin
+			modeChanged := (l.cfg.TLS == nil) != (lc.TLS == nil) || l.cfg.Builtin != lc.Builtin ||
+				l.cfg.ProxyProtocol != lc.ProxyProtocol
 			if modeChanged || (lc.Builtin == "" && l.sopts != serverOptions(cfg)) {
 				ln, err := l.generation(lc)
 				if err != nil {
@@ -522,6 +528,7 @@ func (g *gateway) apply(cfg *config.Config) ([]slog.Attr, error) {
 	// 3. The swap: from here on every request is matched against cfg.
 	res := g.handler.Reload(g.proxyOptions(cfg), cfg.Timeouts.ReloadDrain)
 	g.cfg = cfg
+	g.trusted.Store(&cfg.Trusted)
 	for _, s := range oldSets {
 		s.Close() // only its goroutines: sessions and requests that hold its targets go on
 	}
@@ -797,3 +804,11 @@ func (g *gateway) shutdown(delay time.Duration, hurry <-chan struct{}) bool {
 // closeHandshake is the time left at the end of the drain for the last
 // close handshakes (the proxy's own budget for one is 5 s).
 const closeHandshake = 5 * time.Second
+
+// trustedProxies returns the running config's trusted_proxies.
+func (g *gateway) trustedProxies() []netip.Prefix {
+	if p := g.trusted.Load(); p != nil {
+		return *p
+	}
+	return nil
+}

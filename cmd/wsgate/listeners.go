@@ -5,7 +5,9 @@ import (
 	stdtls "crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -48,6 +50,11 @@ type listener struct {
 	// reload; handshakes read it through GetConfigForClient.
 	tlsConf atomic.Pointer[stdtls.Config]
 	store   *wstls.Store
+
+	// For proxy_protocol: the trusted proxies now, and where refused
+	// connections are logged.
+	trusted func() []netip.Prefix
+	log     *slog.Logger
 }
 
 // inherited holds the listening sockets passed by a parent process
@@ -151,6 +158,9 @@ func (l *listener) generation(lc config.Listener) (*onceCloseListener, error) {
 	}
 	if lc.Builtin == "" {
 		ln = netpoll.Listener(ln) // raw socket I/O on Linux
+	}
+	if lc.ProxyProtocol {
+		ln = proxy.ProxyProtocolListener(ln, l.trusted, l.log)
 	}
 	if lc.TLS != nil {
 		ln = stdtls.NewListener(ln, &stdtls.Config{

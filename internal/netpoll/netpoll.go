@@ -103,6 +103,15 @@ func ReadResult(err error, n int, rerr error) (int, error) {
 	return n, nil
 }
 
+// Wrapper is a connection over another that, once Unwrap returns it (not
+// nil), holds nothing of its own: no buffered bytes, no framing (a PROXY
+// protocol header reader whose header is read). Raw I/O may then go to
+// the connection under it.
+type Wrapper interface {
+	net.Conn
+	Unwrap() net.Conn
+}
+
 // Listener wraps a TCP listener for the front end: on Linux, accepted
 // connections read and write with raw system calls (see NewTCPConn). TLS
 // listeners go on top of it.

@@ -133,13 +133,18 @@ func UserTimeout(c *net.TCPConn) (time.Duration, error) {
 	return time.Duration(ms) * time.Millisecond, serr
 }
 
-// TCPConn returns the *net.TCPConn under c, if there is one.
+// TCPConn returns the *net.TCPConn under c, if there is one. It looks
+// through a connection that holds nothing of its own (see Wrapper).
 func TCPConn(c net.Conn) (*net.TCPConn, bool) {
 	switch c := c.(type) {
 	case *net.TCPConn:
 		return c, true
 	case *rawTCPConn:
 		return c.TCPConn, true
+	case Wrapper:
+		if u := c.Unwrap(); u != nil {
+			return TCPConn(u)
+		}
 	}
 	return nil, false
 }

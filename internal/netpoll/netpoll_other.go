@@ -24,10 +24,18 @@ func Send(fd uintptr, p []byte) (int, error) { return 0, errUnsupported }
 // NewTCPConn returns c: raw socket I/O is used on Linux only.
 func NewTCPConn(c net.Conn) net.Conn { return c }
 
-// TCPConn returns the *net.TCPConn under c, if there is one.
+// TCPConn returns the *net.TCPConn under c, if there is one. It looks
+// through a connection that holds nothing of its own (see Wrapper).
 func TCPConn(c net.Conn) (*net.TCPConn, bool) {
-	tc, ok := c.(*net.TCPConn)
-	return tc, ok
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return c, true
+	case Wrapper:
+		if u := c.Unwrap(); u != nil {
+			return TCPConn(u)
+		}
+	}
+	return nil, false
 }
 
 // SetUserTimeout does nothing: TCP_USER_TIMEOUT is Linux's.
