@@ -13,7 +13,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/wsgate/wsgate/routes"
 )
@@ -97,21 +96,8 @@ func (v *validator) jwt(path string, j *JWTAuth) *routes.JWT {
 		}
 		out.ClaimsToHeaders = append(out.ClaimsToHeaders, routes.ClaimHeader{Claim: claim, Header: http.CanonicalHeaderKey(h)})
 	}
-	if j.ExpiryCloseCode == 0 {
-		j.ExpiryCloseCode = defaultExpiryCloseCode
-	}
-	if !sendableCloseCode(j.ExpiryCloseCode) {
-		v.atf(path+".expiry_close_code", "close code %d cannot be sent (want 1000, 1001, 1008, 1011 to 1013, or 3000 to 4999)", j.ExpiryCloseCode)
-	}
-	if j.ExpiryCloseReason == nil {
-		r := defaultExpiryReason
-		j.ExpiryCloseReason = &r
-	}
-	if n := len(*j.ExpiryCloseReason); n > maxCloseReason {
-		v.atf(path+".expiry_close_reason", "%d bytes is over the limit of %d (a close frame carries at most 125)", n, maxCloseReason)
-	} else if !utf8.ValidString(*j.ExpiryCloseReason) {
-		v.atf(path+".expiry_close_reason", "not valid UTF-8")
-	}
+	v.closeCode(path+".expiry_close_code", &j.ExpiryCloseCode, defaultExpiryCloseCode,
+		path+".expiry_close_reason", &j.ExpiryCloseReason, defaultExpiryReason)
 	out.ExpiryCode, out.ExpiryReason = uint16(j.ExpiryCloseCode), *j.ExpiryCloseReason
 	return out
 }

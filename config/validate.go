@@ -1129,21 +1129,8 @@ func (v *validator) websocket(path string, w *WebSocket) routes.WebSocket {
 	if !ok {
 		v.atf(path+".on_change", "unknown action %q (want drain, keep or close)", w.OnChange)
 	}
-	if w.OnChangeCode == 0 {
-		w.OnChangeCode = defaultOnChangeCode
-	}
-	if !sendableCloseCode(w.OnChangeCode) {
-		v.atf(path+".on_change_code", "close code %d cannot be sent (want 1000, 1001, 1008, 1011 to 1013, or 3000 to 4999)", w.OnChangeCode)
-	}
-	if w.OnChangeReason == nil {
-		reason := defaultOnChangeReason
-		w.OnChangeReason = &reason
-	}
-	if n := len(*w.OnChangeReason); n > maxCloseReason {
-		v.atf(path+".on_change_reason", "%d bytes is over the limit of %d (a close frame carries at most 125)", n, maxCloseReason)
-	} else if !utf8.ValidString(*w.OnChangeReason) {
-		v.atf(path+".on_change_reason", "not valid UTF-8")
-	}
+	v.closeCode(path+".on_change_code", &w.OnChangeCode, defaultOnChangeCode,
+		path+".on_change_reason", &w.OnChangeReason, defaultOnChangeReason)
 	seen := map[string]int{}
 	for i, p := range w.Subprotocols {
 		ppath := fmt.Sprintf("%s.subprotocols[%d]", path, i)
@@ -1217,6 +1204,26 @@ func (v *validator) websocket(path string, w *WebSocket) routes.WebSocket {
 		OnChange:             action,
 		CloseCode:            uint16(w.OnChangeCode),
 		CloseReason:          *w.OnChangeReason,
+	}
+}
+
+// closeCode checks (and defaults) a close code wsgate sends and its
+// reason: a code a proxy may send, a reason of at most 123 bytes of UTF-8.
+func (v *validator) closeCode(codePath string, code *int, defCode int, reasonPath string, reason **string, defReason string) {
+	if *code == 0 {
+		*code = defCode
+	}
+	if !sendableCloseCode(*code) {
+		v.atf(codePath, "close code %d cannot be sent (want 1000, 1001, 1008, 1011 to 1013, or 3000 to 4999)", *code)
+	}
+	if *reason == nil {
+		r := defReason
+		*reason = &r
+	}
+	if n := len(**reason); n > maxCloseReason {
+		v.atf(reasonPath, "%d bytes is over the limit of %d (a close frame carries at most 125)", n, maxCloseReason)
+	} else if !utf8.ValidString(**reason) {
+		v.atf(reasonPath, "not valid UTF-8")
 	}
 }
 
