@@ -103,7 +103,6 @@ func (v *validator) timeouts(t *Timeouts) {
 	v.duration("timeouts.shutdown_delay", &t.ShutdownDelay, defaultTimeouts.ShutdownDelay)
 }
 
-// duration checks the duration at path and replaces zero with def.
 // auth checks a route's auth block.
 func (v *validator) auth(path string, a *Auth) *routes.Auth {
 	out := &routes.Auth{}
@@ -168,6 +167,7 @@ func (v *validator) rate(path, key string, rate float64, burst int) int {
 	return burst
 }
 
+// duration checks the duration at path and replaces zero with def.
 func (v *validator) duration(path string, d *time.Duration, def time.Duration) {
 	if *d < 0 {
 		v.atf(path, "duration %q must not be negative", d.String())

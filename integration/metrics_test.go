@@ -363,6 +363,8 @@ admin: {addr: 127.0.0.1:0, token: "${%s}"}
 		"closed_by":    in("client", "backend", "wsgate"),
 		"result":       in("ok", "failed"),
 		"status":       number(100, 599),
+		"side":         in("client", "backend"),
+		"reason":       in("jwt_missing", "jwt_invalid", "jwt_expired", "forward_denied", "forward_unavailable"),
 	}
 	names := slices.Sorted(maps.Keys(fams))
 	audited := 0
