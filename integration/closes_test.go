@@ -89,13 +89,16 @@ func (b *heldBackend) serve(c net.Conn) {
 	b.mu.Unlock()
 	// Frames from wsgate are masked; wait for its close and answer it.
 	for {
-		op, _, err := readAnyFrame(br)
+		op, p, err := readAnyFrame(br)
 		if err != nil {
 			return
 		}
-		if op == 0x8 {
+		switch op {
+		case 0x8:
 			_, _ = c.Write([]byte{0x88, 0x02, 0x03, 0xe8}) // 1000
 			return
+		case 0x9: // wsgate's keepalive ping: the pong carries its payload
+			_, _ = c.Write(append([]byte{0x8A, byte(len(p))}, p...))
 		}
 	}
 }
@@ -182,15 +185,18 @@ func heldClient(addr string, done *sync.WaitGroup, closed *atomic.Int64) error {
 		defer done.Done()
 		defer c.Close()
 		for {
-			op, _, err := readAnyFrame(br)
+			op, p, err := readAnyFrame(br)
 			if err != nil {
 				return
 			}
-			if op == 0x8 {
+			switch op {
+			case 0x8:
 				closed.Add(1)
 				// A masked close 1000 (key 0: the payload is as is).
 				_, _ = c.Write([]byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8})
 				return
+			case 0x9: // a ping: a masked pong (key 0) with its payload
+				_, _ = c.Write(append([]byte{0x8A, 0x80 | byte(len(p)), 0, 0, 0, 0}, p...))
 			}
 		}
 	}()
@@ -286,27 +292,7 @@ admin: {addr: 127.0.0.1:0}
 
 			var done sync.WaitGroup
 			var closed atomic.Int64
-			var opened atomic.Int64
-			var wg sync.WaitGroup
-			errs := make(chan error, 64)
-			for w := range 64 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for i := w; i < closeSessions; i += 64 {
-						if err := heldClient(g.Addr, &done, &closed); err != nil {
-							errs <- err
-							return
-						}
-						opened.Add(1)
-					}
-				}()
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Fatalf("opening sessions: %v (%d opened)", err, opened.Load())
-			}
+			openHeld(t, g.Addr, closeSessions, &done, &closed)
 			// Steady state: every leg waits in the poller.
 			testnet.WaitFor(t, "all legs to park", time.Minute, func() bool {
 				return gaugeValue(t, g.AdminAddr, "wsgate_websocket_parked_legs") >= 2*closeSessions
@@ -344,5 +330,98 @@ admin: {addr: 127.0.0.1:0}
 				t.Errorf("%d of %d clients got a close frame", closed.Load(), closeSessions)
 			}
 		})
+	}
+}
+
+// openHeld opens n held sessions to addr, 64 at a time.
+func openHeld(t *testing.T, addr string, n int, done *sync.WaitGroup, closed *atomic.Int64) {
+	t.Helper()
+	var opened atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 64 {
+				if err := heldClient(addr, done, closed); err != nil {
+					errs <- err
+					return
+				}
+				opened.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("opening sessions: %v (%d opened)", err, opened.Load())
+	}
+}
+
+// TestIdlePingsFlatMemory: keepalive pings on 5,000 idle sessions (both
+// legs, every second here) cost no memory per session: the poller's sweep
+// writes them and the poller consumes the pongs, with no goroutine and no
+// buffer per session. The peak RSS over several rounds of pings stays
+// within 1 KiB per session of the steady state (a goroutine per pinged
+// leg would be 8 KiB and more, a read buffer 32 KiB; what is left is the
+// heap the test's own scrapes of /metrics churn), and every leg is back
+// in the poller.
+func TestIdlePingsFlatMemory(t *testing.T) {
+	needBinary(t)
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 2*closeSessions+1000 {
+		t.Skipf("needs %d file descriptors, have %d", 2*closeSessions+1000, lim.Cur)
+	}
+	b := startHeldBackend(t)
+	path := filepath.Join(t.TempDir(), "wsgate.yaml")
+	cfg := fmt.Sprintf(`
+listeners:
+  - addr: 127.0.0.1:0
+upstreams:
+  app:
+    targets: [http://%s]
+routes:
+  - name: ws
+    match: {path: /ws}
+    upstream: app
+    websocket: {ping: {interval: 1s, timeout: 10s}}
+timeouts: {drain: 5s}
+admin: {addr: 127.0.0.1:0}
+`, b.ln.Addr())
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := startGatewayBin(t, wsgatePlainBin, path, nil) // memory figures need the build without -race
+	var done sync.WaitGroup
+	var closed atomic.Int64
+	openHeld(t, g.Addr, closeSessions, &done, &closed)
+	testnet.WaitFor(t, "all legs to park", time.Minute, func() bool {
+		return gaugeValue(t, g.AdminAddr, "wsgate_websocket_parked_legs") >= 2*closeSessions
+	})
+	pid := g.cmd.Process.Pid
+	steady := procStatus(t, pid, "VmRSS")
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Skipf("cannot reset the peak RSS: %v", err)
+	}
+	start := gaugeValue(t, g.AdminAddr, "wsgate_websocket_pings_total")
+	const rounds = 4
+	testnet.WaitFor(t, "four rounds of pings", 2*time.Minute, func() bool {
+		return gaugeValue(t, g.AdminAddr, "wsgate_websocket_pings_total")-start >= rounds*2*closeSessions
+	})
+	peak := procStatus(t, pid, "VmHWM")
+	testnet.WaitFor(t, "every leg back in the poller", time.Minute, func() bool {
+		return gaugeValue(t, g.AdminAddr, "wsgate_websocket_parked_legs") >= 2*closeSessions
+	})
+	parked := gaugeValue(t, g.AdminAddr, "wsgate_websocket_parked_legs")
+	timeouts := gaugeValue(t, g.AdminAddr, "wsgate_websocket_ping_timeouts_total")
+	per := float64(peak-steady) / closeSessions
+	t.Logf("%d idle sessions, %d rounds of pings on both legs: RSS %.1f MiB steady, peak %.1f MiB: %+.0f B per session; %v legs parked, %v ping timeouts",
+		closeSessions, rounds, float64(steady)/(1<<20), float64(peak)/(1<<20), per, parked, timeouts)
+	if per > 1024 {
+		t.Errorf("pings added %.0f B per session to the peak RSS, want at most 1024", per)
+	}
+	if timeouts != 0 {
+		t.Errorf("%v ping timeouts: every peer answers", timeouts)
 	}
 }
