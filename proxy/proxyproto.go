@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -109,7 +110,9 @@ func (c *ppConn) init() {
 func (c *ppConn) Read(p []byte) (int, error) {
 	c.init()
 	if c.err != nil {
-		return 0, c.err
+		// Refused and logged once (see init): to the server, the
+		// connection just ended before a request.
+		return 0, io.EOF
 	}
 	c.mu.Lock()
 	if len(c.rest) > 0 {
