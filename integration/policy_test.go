@@ -717,7 +717,10 @@ routes:
 	if cl.Code != 1001 || cl.Reason != "client ping timeout" {
 		t.Errorf("backend: close %d %q, want 1001 \"client ping timeout\"", cl.Code, cl.Reason)
 	}
-	if took < timeout {
+	// wsgate counts the timeout from its write of the ping; this test
+	// can only time its own read of it, which comes a scheduling delay
+	// later (2 ms short was seen under -race): a lower bound with slack.
+	if took < timeout-100*time.Millisecond {
 		t.Errorf("the session ended %v after the ping, before ping.timeout %v", took, timeout)
 	}
 	rc.expectEOF() // no second ping, no close frame: the connection is cut
