@@ -222,8 +222,13 @@ func (g *gateway) routeNames() []string {
 // and, with admin.ready_requires_healthy_targets, not while an upstream
 // a route uses has no healthy target.
 func (g *gateway) ready() (bool, string) {
+	// Ready first, the view after: shutdown publishes "stopping" before
+	// it clears Ready, so a probe that finds Ready cleared by the
+	// shutdown also finds the view that says so (the other order could
+	// answer "starting" to a probe that raced the SIGTERM).
+	isReady := g.handler.Ready()
 	lv := g.live()
-	if !g.handler.Ready() {
+	if !isReady {
 		if lv.stopping {
 			return false, "shutting down"
 		}
