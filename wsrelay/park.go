@@ -473,11 +473,19 @@ func (l *leg) closeSoon(code uint16, reason string) {
 	}
 	l.closeSent = true // reserved: nothing else is written to l from now on
 	l.mu.Unlock()
+	l.writeCloseSoon(code, reason)
+}
+
+// writeCloseSoon writes a close frame reserved with reserveClose without
+// waiting: at once when l's socket takes it, else (a full socket, TLS)
+// on a goroutine.
+func (l *leg) writeCloseSoon(code uint16, reason string) {
 	if l.raw == nil {
 		go l.writeClose(code, reason)
 		return
 	}
-	var buf [maxFrameHeader + maxControlPayload]byte
+	buf := controlPool.Get().(*controlBuf)
+	defer controlPool.Put(buf)
 	b := appendCloseFrame(buf[:0], code, reason, l.masked, newMaskKey())
 	n, err := l.writeNow(b)
 	switch {

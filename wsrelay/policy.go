@@ -179,7 +179,8 @@ func (s *Session) ping(l *leg) {
 	if l.closeSent {
 		return
 	}
-	var buf [maxFrameHeader + len(pingToken)]byte
+	buf := controlPool.Get().(*controlBuf)
+	defer controlPool.Put(buf)
 	b := pingFrame(buf[:0], l)
 	l.writeWithinLocked(min(s.pingTimeout(), closeWait))
 	if _, err := l.write(b); err != nil {
@@ -244,7 +245,8 @@ func (s *Session) pingNow(l *leg, now int64) {
 		l.mu.Unlock()
 		return
 	}
-	var buf [maxFrameHeader + len(pingToken)]byte
+	buf := controlPool.Get().(*controlBuf)
+	defer controlPool.Put(buf)
 	b := pingFrame(buf[:0], l)
 	n, err := l.writeNow(b)
 	switch {

@@ -340,3 +340,36 @@ func unescape(s string) string {
 	}
 	return b.String()
 }
+
+// TestCloseClientSoon: a schedule's close is sent at once when neither
+// leg has a write in progress, and not at all (the caller then waits on a
+// goroutine) when one has: it never blocks.
+func TestCloseClientSoon(t *testing.T) {
+	for _, path := range opsPaths {
+		t.Run(path.name, func(t *testing.T) {
+			reg := opsRegistry()
+			o := startOps(t, reg, opsConfig(reg.Route("soon", "up"), "192.0.2.9:1"), path.pump)
+			o.exchange(10)
+			s := reg.lookup(o.id)
+			s.client.mu.Lock() // a frame in flight to the client
+			if s.CloseClientSoon(4000, "later") {
+				t.Fatal("CloseClientSoon went on while a write to the client was in progress")
+			}
+			s.client.mu.Unlock()
+			s.backend.mu.Lock()
+			if s.CloseClientSoon(4000, "later") {
+				t.Fatal("CloseClientSoon went on while a write to the backend was in progress")
+			}
+			s.backend.mu.Unlock()
+			o.client.expectNothing(100 * time.Millisecond)
+			if !s.CloseClientSoon(4000, "now") {
+				t.Fatal("CloseClientSoon refused with no write in progress")
+			}
+			o.client.expectClose(4000, "now")
+			o.backend.expectClose(closeGoingAway, "going away")
+			o.client.sendClose(4000, "now") // the replies end the session
+			o.backend.sendClose(closeGoingAway, "")
+			o.waitGone()
+		})
+	}
+}

@@ -430,8 +430,11 @@ func (r *Registry) Schedule(due []ScheduledClose) {
 
 // schedule closes each session of due at its moment, from one goroutine,
 // until every close is sent or stop is closed. Once hurry is closed,
-// every close left is sent at once. Closes run in goroutines of their
-// own: one may wait for a frame in flight to a slow client.
+// every close left is sent at once. A close is sent from the schedule's
+// goroutine when neither leg has a write in progress (CloseClientSoon),
+// else from a goroutine of its own, which may wait for a frame in flight
+// to a slow client: thousands of sessions closing at once do not take a
+// goroutine each.
 func (r *Registry) schedule(due []ScheduledClose, stop, hurry <-chan struct{}) {
 	slices.SortFunc(due, func(a, b ScheduledClose) int { return a.At.Compare(b.At) })
 	r.schedules.Go(func() {
@@ -455,7 +458,9 @@ func (r *Registry) schedule(due []ScheduledClose, stop, hurry <-chan struct{}) {
 			}
 			c := due[i]
 			i++
-			closes.Go(func() { c.Session.CloseClient(c.Code, c.Reason) })
+			if !c.Session.CloseClientSoon(c.Code, c.Reason) {
+				closes.Go(func() { c.Session.CloseClient(c.Code, c.Reason) })
+			}
 		}
 	})
 }

@@ -395,6 +395,49 @@ func (s *Session) closeBoth(clientCode uint16, clientReason string, backendCode 
 	}
 }
 
+// closeBothSoon is closeBoth for a caller that closes many sessions in a
+// row (a reload's schedule, the drain): it does not wait, and reports
+// false, having sent nothing, when a write to either leg is in progress;
+// the caller then runs closeBoth on a goroutine. The two closes are
+// reserved together, as closeBoth does.
+func (s *Session) closeBothSoon(clientCode uint16, clientReason string, backendCode uint16, backendReason string) bool {
+	c, b := s.client, s.backend
+	if !c.mu.TryLock() {
+		return false
+	}
+	if !b.mu.TryLock() {
+		c.mu.Unlock()
+		return false
+	}
+	toClient, toBackend := !c.closeSent, !b.closeSent
+	c.closeSent, b.closeSent = true, true
+	b.mu.Unlock()
+	c.mu.Unlock()
+	s.firstClose(closedByWsgate, clientCode, clientReason)
+	s.startClosing()
+	if toClient {
+		c.writeCloseSoon(clientCode, clientReason)
+	}
+	if toBackend {
+		b.writeCloseSoon(backendCode, backendReason)
+	}
+	return true
+}
+
+// CloseClientSoon is CloseClient without waiting (see closeBothSoon): it
+// reports false, having done nothing, when the caller must call
+// CloseClient on a goroutine instead.
+func (s *Session) CloseClientSoon(code uint16, reason string) bool {
+	s.endMu.Lock()
+	started := s.started
+	s.endMu.Unlock()
+	if !started {
+		s.CloseClient(code, reason) // recorded for run: no wait
+		return true
+	}
+	return s.closeBothSoon(code, reason, closeGoingAway, "going away")
+}
+
 // startClosing starts the closing handshake: from now on every read is
 // bounded by closeBy. Safe to call more than once.
 func (s *Session) startClosing() {
@@ -1130,13 +1173,22 @@ func (l *leg) reserveClose() bool {
 // writeClose writes a close frame reserved with reserveClose, bounded by
 // closeWait; a failed write cuts the connection.
 func (l *leg) writeClose(code uint16, reason string) {
-	var buf [maxFrameHeader + maxControlPayload]byte
+	buf := controlPool.Get().(*controlBuf)
+	defer controlPool.Put(buf)
 	b := appendCloseFrame(buf[:0], code, reason, l.masked, newMaskKey())
 	_ = l.conn.SetWriteDeadline(time.Now().Add(closeWait))
 	if _, err := l.write(b); err != nil {
 		_ = l.conn.Close()
 	}
 }
+
+// controlBuf holds one control frame. Close frames are built in pooled
+// ones: the write keeps a reference (so a stack buffer would escape),
+// and thousands of sessions closing at once should not each leave one
+// for the collector.
+type controlBuf = [maxFrameHeader + maxControlPayload]byte
+
+var controlPool = sync.Pool{New: func() any { return new(controlBuf) }}
 
 // writeControl writes a ping or pong to l unless l is closed.
 func (l *leg) writeControl(opcode byte, p []byte, timeout time.Duration) error {
