@@ -41,6 +41,9 @@ type gateway struct {
 	// files to the end of the apply: two overlapping ones (SIGHUP and a
 	// file change) could otherwise apply an older file last.
 	reloadMu sync.Mutex
+	// notify tells systemd (Type=notify) about start, reloads and the
+	// shutdown; set by run once the gateway serves.
+	notify *notifier
 	// trusted is the running config's trusted_proxies, for the PROXY
 	// protocol listeners, which read it as connections arrive.
 	trusted  atomic.Pointer[[]netip.Prefix]
@@ -357,7 +360,7 @@ func (g *gateway) watchFiles() []string {
 
 // reload loads the config file again and, when it is valid, applies it
 // whole; otherwise nothing changes. source names the trigger in the log.
-func (g *gateway) reload(source string) reloadOutcome {
+func (g *gateway) reload(source string) (out reloadOutcome) {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
 	// Stat before reading: a change while loading then shows up as a
@@ -370,6 +373,14 @@ func (g *gateway) reload(source string) reloadOutcome {
 	if g.stopping {
 		return reloadOutcome{Err: errors.New("shutting down")}
 	}
+	g.notify.send("RELOADING=1", "STATUS=reloading ("+source+")")
+	defer func() {
+		status := "serving"
+		if out.Err != nil || len(out.Problems) > 0 {
+			status = "serving the previous config: reload failed"
+		}
+		g.notify.send("READY=1", "STATUS="+status)
+	}()
 	// restat makes want the watched files, with the stats taken before
 	// the load for those watched already.
 	restat := func(want []string) {

@@ -156,17 +156,17 @@ func (g *gateway) handOver(done chan<- struct{}) {
 }
 
 // tellParentReady tells the process this one takes over from (if any)
-// that every listener serves.
-func tellParentReady(log *slog.Logger) {
+// that every listener serves, and reports whether there was one.
+func tellParentReady(log *slog.Logger) bool {
 	v := os.Getenv(readyFDEnv)
 	if v == "" {
-		return
+		return false
 	}
 	os.Unsetenv(readyFDEnv)
 	fd, err := strconv.Atoi(v)
 	if err != nil || fd < 3 {
 		log.Warn("bad "+readyFDEnv, "value", v)
-		return
+		return false
 	}
 	f := os.NewFile(uintptr(fd), "ready pipe")
 	if _, err := f.WriteString("ready\n"); err != nil {
@@ -174,4 +174,5 @@ func tellParentReady(log *slog.Logger) {
 	}
 	f.Close()
 	log.Info("took over the listening sockets")
+	return true
 }

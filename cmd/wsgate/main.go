@@ -135,7 +135,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("start failed", "error", err.Error())
 		return 1
 	}
-	tellParentReady(log)
+	tookOver := tellParentReady(log)
+	g.notify = newNotifier(log)
+	g.notify.ready(tookOver, "serving")
 	return g.wait(sigs)
 }
 
@@ -266,7 +268,9 @@ wait:
 	// it); none after a hand-over: the new process accepts already.
 	delay := g.config().Timeouts.ShutdownDelay
 	if handed {
-		delay = 0
+		delay = 0 // and no STOPPING=1: the new process is the service now
+	} else {
+		g.notify.send("STOPPING=1", "STATUS=draining")
 	}
 	if !g.shutdown(delay, hurry) && code == 0 {
 		code = 1
