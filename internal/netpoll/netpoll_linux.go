@@ -331,7 +331,9 @@ func (p *Poller) Run(tick time.Duration, onEvent func(id uint64, end bool, now t
 func (p *Poller) readEvents(fd uintptr) bool {
 	for {
 		// A raw call: with a zero timeout it cannot block (see rawIO).
-		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd,
+		// epoll_pwait with no signal mask is epoll_wait, and exists on
+		// every architecture (arm64 has no epoll_wait).
+		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd,
 			uintptr(unsafe.Pointer(&p.events[0])), uintptr(len(p.events)), 0, 0, 0)
 		if e == syscall.EINTR {
 			continue
