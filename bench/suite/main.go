@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command suite runs wsgate's benchmark suite (issue 3): wsgate, nginx,
 // HAProxy, Caddy and direct, each in front of the same backend, in one run,
 // and writes benchmarks.md and benchmarks.json. bench/run.sh builds and
