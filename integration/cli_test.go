@@ -201,3 +201,43 @@ routes:
 		t.Errorf("no ERROR log line naming %s and \"address already in use\":\n%s", addr, stderr)
 	}
 }
+
+// TestCLIConventions: the Go tools' conventions. -h, --help and help print
+// the usage on stdout and exit 0, on every subcommand; version, -version
+// and --version all print the version; a usage error says what was wrong
+// on stderr (a stray config file gets a hint) and exits 2.
+func TestCLIConventions(t *testing.T) {
+	needBinary(t)
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"-help"}, {"help"}} {
+		stdout, stderr, code := runWsgate(t, args...)
+		if code != 0 || !strings.HasPrefix(stdout, "usage: wsgate -config FILE") || stderr != "" {
+			t.Errorf("wsgate %s: exit %d, stdout %.40q, stderr %.80q; want 0 with the usage on stdout", strings.Join(args, " "), code, stdout, stderr)
+		}
+	}
+	for _, args := range [][]string{{"validate", "-h"}, {"validate", "--help"}} {
+		stdout, _, code := runWsgate(t, args...)
+		if code != 0 || !strings.HasPrefix(stdout, "usage: wsgate validate FILE") {
+			t.Errorf("wsgate %s: exit %d, stdout %.60q; want 0 with validate's usage", strings.Join(args, " "), code, stdout)
+		}
+	}
+	for _, args := range [][]string{{"version"}, {"-version"}, {"--version"}} {
+		stdout, _, code := runWsgate(t, args...)
+		if code != 0 || !regexp.MustCompile(`^wsgate \S`).MatchString(stdout) {
+			t.Errorf("wsgate %s: exit %d, %q; want 0 and the version", strings.Join(args, " "), code, stdout)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{examplePath}, `unexpected argument "` + examplePath + `" (did you mean -config ` + examplePath + `?)`},
+		{nil, "-config is required"},
+		{[]string{"validate"}, "a config file is required"},
+		{[]string{"validate", examplePath, "extra"}, `unexpected argument "extra"`},
+	} {
+		stdout, stderr, code := runWsgate(t, tc.args...)
+		if code != 2 || !strings.Contains(stderr, tc.want) || stdout != "" {
+			t.Errorf("wsgate %s: exit %d, stderr %q; want 2 saying %q", strings.Join(tc.args, " "), code, stderr, tc.want)
+		}
+	}
+}

@@ -54,8 +54,11 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
-		case "version":
-			fmt.Fprintf(stdout, "wsgate %s\n", version)
+		case "version", "-version", "--version":
+			fmt.Fprintf(stdout, "wsgate %s\n", buildVersion())
+			return 0
+		case "help", "-h", "-help", "--help":
+			fmt.Fprint(stdout, usage)
 			return 0
 		case "validate":
 			return validate(args[1:], stdout, stderr)
@@ -69,8 +72,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	accessLog := fs.Bool("access-log", true, "log one line per HTTP request")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to `file` until shutdown (for development)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: wsgate -config FILE [flags]\n       wsgate validate FILE\n       wsgate version\n\nflags:\n")
-		fs.PrintDefaults()
+		fmt.Fprint(stderr, usage)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -78,8 +80,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	if *configPath == "" || fs.NArg() > 0 {
-		fs.Usage()
+	switch {
+	case fs.NArg() > 0:
+		hint := ""
+		if *configPath == "" && (strings.HasSuffix(fs.Arg(0), ".yaml") || strings.HasSuffix(fs.Arg(0), ".yml")) {
+			hint = fmt.Sprintf(" (did you mean -config %s?)", fs.Arg(0))
+		}
+		fmt.Fprintf(stderr, "wsgate: unexpected argument %q%s\n\n%s", fs.Arg(0), hint, usage)
+		return 2
+	case *configPath == "":
+		fmt.Fprintf(stderr, "wsgate: -config is required\n\n%s", usage)
 		return 2
 	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)
@@ -142,8 +152,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func validate(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: wsgate validate FILE")
+	const validateUsage = "usage: wsgate validate FILE\n\nChecks FILE as wsgate would load it: every problem, one per line with\nits file:line and key, exit 2; warnings (lines starting \"warning:\")\nand \"FILE: ok\", exit 0.\n"
+	switch {
+	case len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help"):
+		fmt.Fprint(stdout, validateUsage)
+		return 0
+	case len(args) == 0:
+		fmt.Fprintf(stderr, "wsgate validate: a config file is required\n\n%s", validateUsage)
+		return 2
+	case len(args) > 1:
+		fmt.Fprintf(stderr, "wsgate validate: unexpected argument %q (one file at a time)\n\n%s", args[1], validateUsage)
 		return 2
 	}
 	cfg, err := config.Load(args[0])
@@ -285,4 +303,60 @@ func (g *gateway) config() *config.Config {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.cfg
+}
+
+// usage is what -h, help and a usage error print.
+const usage = `usage: wsgate -config FILE [flags]   run the gateway on FILE
+       wsgate validate FILE           check FILE and exit
+       wsgate version                 print the version
+       wsgate help                    print this
+
+flags:
+  -config FILE       the YAML configuration (required)
+  -log-format F      json (default) or text
+  -log-level L       debug, info (default), warn or error
+  -access-log=false  no line per HTTP request
+  -cpuprofile FILE   write a CPU profile until shutdown (for development)
+
+Signals: SIGHUP reloads the config, SIGTERM/SIGINT drain and stop,
+SIGUSR2 hands the sockets over to a new process. See README.md.
+`
+
+// buildVersion is the version set with -ldflags "-X main.version=...",
+// else what the Go toolchain recorded: the module version of a go
+// install, or the VCS revision and time of a build from a checkout.
+func buildVersion() string {
+	if version != "dev" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return version
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, at, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			at = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if rev == "" {
+		return version
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if at != "" {
+		return "dev-" + rev + dirty + " (" + at + ")"
+	}
+	return "dev-" + rev + dirty
 }
