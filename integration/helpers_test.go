@@ -186,7 +186,13 @@ func (b *wsBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // connection for path, waiting up to ioTimeout for one.
 func (b *wsBackend) nextClose(t *testing.T, path string) *websocket.CloseError {
 	t.Helper()
-	deadline := time.After(ioTimeout)
+	return b.waitClose(t, path, ioTimeout)
+}
+
+// waitClose is nextClose with a chosen timeout.
+func (b *wsBackend) waitClose(t *testing.T, path string, timeout time.Duration) *websocket.CloseError {
+	t.Helper()
+	deadline := time.After(timeout)
 	for {
 		b.mu.Lock()
 		for i, e := range b.closes {
@@ -201,7 +207,7 @@ func (b *wsBackend) nextClose(t *testing.T, path string) *websocket.CloseError {
 		select {
 		case <-changed:
 		case <-deadline:
-			t.Fatalf("backend received no close frame on %s within %v", path, ioTimeout)
+			t.Fatalf("backend received no close frame on %s within %v", path, timeout)
 			return nil
 		}
 	}

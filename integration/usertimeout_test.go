@@ -260,28 +260,3 @@ func maskedText(s string) []byte {
 	}
 	return f
 }
-
-// waitClose is nextClose with a chosen timeout: it removes and returns
-// the first close frame received on a connection for path.
-func (b *wsBackend) waitClose(t *testing.T, path string, timeout time.Duration) *websocket.CloseError {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		b.mu.Lock()
-		for i, e := range b.closes {
-			if e.path == path {
-				b.closes = append(b.closes[:i], b.closes[i+1:]...)
-				b.mu.Unlock()
-				return e.err
-			}
-		}
-		changed := b.changed
-		b.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("backend received no close frame on %s within %v", path, timeout)
-			return nil
-		}
-	}
-}
