@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/wsgate/wsgate/routes"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // jwtKeys are the test's signing keys: one the route trusts, one it does
@@ -267,5 +269,48 @@ func TestJWTExpiryClosesSession(t *testing.T) {
 	}
 	if expired != 1 {
 		t.Errorf("expired sessions counted %d, want 1", expired)
+	}
+}
+
+// TestJWKSFetchersFollowReloads: a JWK Set URL's background fetcher lives
+// while a route of the current config uses it: reloads that change the URL
+// stop the old one, so the goroutines do not pile up over reloads.
+func TestJWKSFetchersFollowReloads(t *testing.T) {
+	k := newJWTKeys(t)
+	jwks := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"keys":[]}`)
+	}))
+	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	up := testUpstream(backend)
+	route := func(path string) *routes.Route {
+		r := jwtRoute(backend, k, "header")
+		r.Upstream = wsRoute(up).Upstream
+		r.Auth.JWT.Keys = nil
+		r.Auth.JWT.JWKSURL = "http://" + jwks + path
+		r.Auth.JWT.JWKSRefresh = time.Hour
+		return r
+	}
+	p := startProxy(t, route("/a.json"))
+	p.reload(t, 0, []*upstream.Config{up}, route("/b.json"))
+	base := runtime.NumGoroutine()
+	for i := range 10 {
+		p.reload(t, 0, []*upstream.Config{up}, route(fmt.Sprintf("/%d.json", i)))
+	}
+	p.h.jwksMu.Lock()
+	n := len(p.h.jwks)
+	_, last := p.h.jwks["http://"+jwks+"/9.json"]
+	p.h.jwksMu.Unlock()
+	if n != 1 || !last {
+		t.Fatalf("%d fetchers after the reloads (last URL kept: %v), want only the current one", n, last)
+	}
+	waitFor(t, "the replaced fetchers' goroutines to end", 10*time.Second, func() bool {
+		return runtime.NumGoroutine() <= base+2
+	})
+	p.reload(t, 0, []*upstream.Config{up}, wsRoute(up))
+	p.h.jwksMu.Lock()
+	n = len(p.h.jwks)
+	p.h.jwksMu.Unlock()
+	if n != 0 {
+		t.Errorf("%d fetchers after a reload to a config without jwks, want 0", n)
 	}
 }
