@@ -4,8 +4,6 @@ package integration
 
 import (
 	"bufio"
-	"crypto/sha1"
-	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -477,12 +475,6 @@ routes:
 		t.Errorf("healthy backend received the idempotent POST %d times, want 1", got)
 	}
 	t.Logf("resetting backend: %d GET tries for one GET (fasthttp's own retry of a reset idempotent request, then wsgate's failover)", bad.get(http.MethodGet))
-}
-
-// wsAccept is the Sec-WebSocket-Accept for key (RFC 6455 §4.2.2).
-func wsAccept(key string) string {
-	h := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-	return base64.StdEncoding.EncodeToString(h[:])
 }
 
 // TestWebSocketCheckCatchesWedgedBackend proves that the WebSocket health

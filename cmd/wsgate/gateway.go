@@ -60,7 +60,7 @@ type gateway struct {
 	stopRetires context.CancelFunc
 	// handingOver is set while a new process started by handOver gets
 	// ready.
-	handingOver bool
+	handingOver bool //lint:ignore U1000 not on Windows (no hand-over)
 	// stats are the watched files' stats as of the last load attempt.
 	stats []filewatch.Stat
 	files []string

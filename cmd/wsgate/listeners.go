@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/valyala/fasthttp"
 
@@ -45,6 +44,10 @@ type listener struct {
 	sopts proxy.ServerOptions
 
 	cur *gen // the generation accepting now
+
+	// share is how generations share sock where a descriptor cannot be
+	// duplicated (Windows); empty on Unix (handover_*.go).
+	share socketShare //lint:ignore U1000 used on Windows
 
 	// tlsConf is the certificate store's configuration, swapped by a
 	// reload; handshakes read it through GetConfigForClient.
@@ -145,14 +148,7 @@ func bind(l config.Listener, key string, in *inherited) (*net.TCPListener, error
 // net.FileListener sets it back: an accept(2) in that window would block
 // its thread, and closing its listener would wait for the next client.
 func (l *listener) generation(lc config.Listener) (*onceCloseListener, error) {
-	fd, err := dupSocket(l.sock)
-	if err != nil {
-		return nil, fmt.Errorf("listener %q: duplicate socket: %w", lc.Addr, err)
-	}
-	// A descriptor NewFile finds non-blocking stays so through Fd.
-	f := os.NewFile(uintptr(fd), "listener "+lc.Addr)
-	ln, err := net.FileListener(f)
-	f.Close()
+	ln, err := l.duplicate()
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: duplicate socket: %w", lc.Addr, err)
 	}
@@ -170,29 +166,6 @@ func (l *listener) generation(lc config.Listener) (*onceCloseListener, error) {
 		})
 	}
 	return &onceCloseListener{Listener: ln}, nil
-}
-
-// dupSocket returns a close-on-exec duplicate of ln's descriptor, taken
-// under RawConn.Control. It shares the socket's flags: it stays
-// non-blocking.
-func dupSocket(ln *net.TCPListener) (int, error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	dup, dupErr := -1, error(nil)
-	err = rc.Control(func(fd uintptr) {
-		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
-		if errno != 0 {
-			dupErr = errno
-			return
-		}
-		dup = int(r)
-	})
-	if err == nil {
-		err = dupErr
-	}
-	return dup, err
 }
 
 // gen is one server generation of a listener.

@@ -19,13 +19,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/wsgate/wsgate/config"
@@ -131,9 +129,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// the extra ones coalesce, as reloads do), never the one a SIGTERM
 	// must get through.
 	term, hup, usr2 := make(chan os.Signal, 4), make(chan os.Signal, 1), make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
-	signal.Notify(hup, syscall.SIGHUP)
-	signal.Notify(usr2, syscall.SIGUSR2)
+	notifySignals(term, hup, usr2)
 	sigs := signals{term: term, hup: hup, usr2: usr2}
 	in, err := inheritedListeners()
 	if err != nil {
