@@ -93,8 +93,9 @@ func lastLine(data []byte) int {
 
 // locator finds key paths and lines in the YAML node tree.
 type locator struct {
-	lines map[string]int    // key path → line of its key, or of the list item
-	nodes map[int][]*placed // line → value nodes on it, or whose key is, in document order
+	lines map[string]int          // key path → line of its key, or of the list item
+	nodes map[int][]*placed       // line → value nodes on it, or whose key is, in document order
+	types map[string]reflect.Type // key path → Go type the strict decode puts it into
 }
 
 // placed is a value node and where it sits in the tree.
@@ -107,7 +108,7 @@ type placed struct {
 }
 
 func newLocator(doc *yaml.Node) *locator {
-	l := &locator{lines: map[string]int{}, nodes: map[int][]*placed{}}
+	l := &locator{lines: map[string]int{}, nodes: map[int][]*placed{}, types: map[string]reflect.Type{}}
 	if doc != nil && doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
 		l.walk(doc.Content[0], "", nil, "", reflect.TypeFor[document]())
 	}
@@ -131,6 +132,9 @@ func (l *locator) walk(n *yaml.Node, path string, key *yaml.Node, parent string,
 	pl := &placed{node: n, path: path, key: key, parent: parent}
 	if t != nil {
 		pl.goType = t.String()
+		if _, dup := l.types[path]; !dup {
+			l.types[path] = t
+		}
 	}
 	l.nodes[n.Line] = append(l.nodes[n.Line], pl)
 	if key != nil && key.Line != n.Line {
@@ -228,7 +232,8 @@ func (p *problems) decodeError(msg string) {
 	}
 	if m := reUnknown.FindStringSubmatch(msg); m != nil {
 		line := atoi(m[1])
-		p.add(p.keyParent(line, m[2]), line, fmt.Errorf("unknown key %q", m[2]))
+		parent := p.keyParent(line, m[2])
+		p.add(parent, line, p.unknownKey(parent, m[2]))
 		return
 	}
 	if m := reDupKey.FindStringSubmatch(msg); m != nil {
@@ -243,6 +248,13 @@ func (p *problems) decodeError(msg string) {
 		line := atoi(m[1])
 		if pl := p.typeErrorNode(line, m[2], m[3], m[4]); pl != nil {
 			noun, want := describeType(m[4])
+			if n := pl.node; want == "a mapping" && n.Kind == yaml.ScalarNode && n.Style == 0 {
+				if k := reNoSpace.FindStringSubmatchIndex(n.Value); k != nil {
+					// "addr:127.0.0.1:0" is a string, not a key and a value.
+					first, _, _ := strings.Cut(n.Value, " ")
+					want += fmt.Sprintf("; a space must follow the colon: %q", first[:k[3]+1]+" "+first[k[3]+1:])
+				}
+			}
 			p.reject(pl.path)
 			p.add(pl.path, line, errors.New(badValue(pl.node, noun, want)))
 			return
@@ -273,21 +285,15 @@ var parserProblems = map[string]bool{
 
 var reAnchor = regexp.MustCompile(`^unknown anchor '(.*)' referenced$`)
 
-// syntaxError records a YAML syntax error in data.
+// syntaxError records a YAML syntax error in data, such as one in a
+// second document, without looking for more (see syntaxErrors).
 func (p *problems) syntaxError(err error, data []byte) {
-	msg, line := strings.TrimPrefix(err.Error(), "yaml: "), 1
-	if m := reLine.FindStringSubmatch(msg); m != nil {
-		line, msg = atoi(m[1]), m[2]
-		if parserProblems[msg] {
-			line++
-		}
-	} else if m := reAnchor.FindStringSubmatch(msg); m != nil {
-		// The message has no line: find the first use of the alias.
-		if i := bytes.Index(data, []byte("*"+m[1])); i >= 0 {
-			line = 1 + bytes.Count(data[:i], []byte("\n"))
-		}
+	sp := explainSyntax(err, data)
+	msg := sp.msg
+	if sp.key != "" {
+		msg = sp.key + ": " + msg
 	}
-	p.add("", line, errors.New(msg))
+	p.add("", sp.line, errors.New(msg))
 }
 
 // add records a problem at a known line.
@@ -329,6 +335,12 @@ func (p *problems) nearRejected(path string) bool {
 		}
 	}
 	return false
+}
+
+// unknownKey is the error for a key that the mapping at path does not
+// know, with a suggestion from the keys it does.
+func (p *problems) unknownKey(path, key string) error {
+	return unknownKeyError(key, p.loc.types[path])
 }
 
 // keyParent returns the path of the mapping holding key at line.

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -43,7 +45,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	// strict decode must start from the bytes.
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		p.syntaxError(err, data)
+		p.syntaxErrors(err, data)
 		return nil, p.err()
 	}
 	p.loc = newLocator(&root)
@@ -53,6 +55,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	dec.KnownFields(true)
 	if stopped := strictDecode(p, dec, &doc); stopped {
 		return nil, p.err()
+	}
+	if len(root.Content) > 0 {
+		keepPlaces(p, "", root.Content[0], reflect.ValueOf(&doc).Elem())
 	}
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
@@ -96,6 +101,122 @@ func strictDecode(p *problems, dec *yaml.Decoder, doc *document) (stopped bool) 
 		p.decodeError(err.Error())
 		return true
 	}
+}
+
+// keepPlaces puts a zero value back where the strict decode dropped a
+// rejected one, so that one error does not cause others: yaml.v3 leaves out
+// a list item or a map entry it could not decode (a duplicate key in it, a
+// wrong type), which would shift the indexes of the items after it, and
+// make an upstream's name unknown to the routes that use it. The zero
+// values are rejected, so validation says nothing about them (see
+// nearRejected). n is the node decoded into v; aliases and types with
+// their own UnmarshalYAML are left as they are.
+func keepPlaces(p *problems, path string, n *yaml.Node, v reflect.Value) {
+	for v.Kind() == reflect.Pointer {
+		if v.IsNil() {
+			return
+		}
+		v = v.Elem()
+	}
+	if reflect.PointerTo(v.Type()).Implements(unmarshalerType) {
+		return
+	}
+	switch {
+	case n.Kind == yaml.MappingNode && v.Kind() == reflect.Struct:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if f, ok := fieldByKey(v, k.Value); ok {
+				keepPlaces(p, joinPath(path, k.Value), n.Content[i+1], f)
+			}
+		}
+	case n.Kind == yaml.MappingNode && v.Kind() == reflect.Map && v.Type().Key().Kind() == reflect.String:
+		elem := v.Type().Elem()
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if k.Kind != yaml.ScalarNode || k.Tag == "!!merge" {
+				continue
+			}
+			key := reflect.ValueOf(k.Value).Convert(v.Type().Key())
+			e := v.MapIndex(key)
+			if !e.IsValid() { // dropped
+				if v.IsNil() {
+					v.Set(reflect.MakeMap(v.Type()))
+				}
+				e = reflect.New(elem).Elem()
+				if elem.Kind() == reflect.Pointer {
+					e = reflect.New(elem.Elem())
+				}
+			}
+			// A map value cannot be changed in place: work on a copy.
+			c := reflect.New(elem).Elem()
+			c.Set(e)
+			keepPlaces(p, joinPath(path, k.Value), n.Content[i+1], c)
+			v.SetMapIndex(key, c)
+		}
+	case n.Kind == yaml.SequenceNode && v.Kind() == reflect.Slice:
+		if missing := len(n.Content) - v.Len(); missing > 0 {
+			// The dropped items are the rejected ones; if the count does
+			// not add up, leave the list as it is rather than guess.
+			var dropped []int
+			for i := range n.Content {
+				if p.rejected[fmt.Sprintf("%s[%d]", path, i)] {
+					dropped = append(dropped, i)
+				}
+			}
+			if len(dropped) == missing {
+				s := reflect.MakeSlice(v.Type(), 0, len(n.Content))
+				for i, j := 0, 0; i < len(n.Content); i++ {
+					if slices.Contains(dropped, i) {
+						s = reflect.Append(s, reflect.Zero(v.Type().Elem()))
+					} else {
+						s = reflect.Append(s, v.Index(j))
+						j++
+					}
+				}
+				v.Set(s)
+			}
+		}
+		for i := range min(len(n.Content), v.Len()) {
+			keepPlaces(p, fmt.Sprintf("%s[%d]", path, i), n.Content[i], v.Index(i))
+		}
+	}
+}
+
+var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+
+// fieldByKey returns the field of struct v that the YAML key decodes into.
+func fieldByKey(v reflect.Value, key string) (reflect.Value, bool) {
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if !f.IsExported() || name == "-" {
+			continue
+		}
+		if slices.Contains(strings.Split(opts, ","), "inline") {
+			if fv := reflect.Indirect(v.Field(i)); fv.Kind() == reflect.Struct {
+				if x, ok := fieldByKey(fv, key); ok {
+					return x, true
+				}
+			}
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		if name == key {
+			return v.Field(i), true
+		}
+	}
+	return reflect.Value{}, false
+}
+
+// joinPath returns the key path of key in the mapping at path.
+func joinPath(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
 }
 
 // document is the shape of the YAML file. It is Config without the

@@ -510,7 +510,7 @@ func (v *validator) upstream(path, name string, u *Upstream) *upstream.Config {
 // unknownKeys reports the keys a mapping-or-scalar value did not know.
 func (v *validator) unknownKeys(path string, keys []*yaml.Node) {
 	for _, k := range keys {
-		v.add(path, k.Line, fmt.Errorf("unknown key %q", k.Value))
+		v.add(path, k.Line, v.unknownKey(path, k.Value))
 	}
 }
 
