@@ -374,6 +374,14 @@ type Route struct {
 	// StripPrefix removes Match.PathPrefix from the path before
 	// forwarding. Requires path_prefix. Default false.
 	StripPrefix bool `yaml:"strip_prefix"`
+	// RewriteRedirects, with StripPrefix, puts a backend's Location and
+	// Content-Location that point outside the prefix back under it, as
+	// nginx's proxy_redirect default does: "/login" becomes "/app/login",
+	// and an absolute URL naming the backend (its target address or the
+	// Host sent to it) becomes a path, which the client resolves against
+	// the URL it used. Other hosts and relative paths are untouched.
+	// Applies only with strip_prefix. Default true.
+	RewriteRedirects *bool `yaml:"rewrite_redirects"`
 	// MaxRequestBody caps the request body (413 beyond it). Default
 	// limits.request_body.
 	MaxRequestBody Size `yaml:"max_request_body"`

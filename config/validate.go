@@ -896,6 +896,7 @@ func (v *validator) routes(cfg *Config, ups map[string]*routes.Upstream) []*rout
 		if r.StripPrefix && r.Match.PathPrefix == "" {
 			v.atf(path+".strip_prefix", "needs match.path_prefix")
 		}
+		rr.RewriteRedirects = r.StripPrefix && (r.RewriteRedirects == nil || *r.RewriteRedirects)
 		if r.MaxRequestBody == 0 {
 			r.MaxRequestBody = Size(cfg.Limits.RequestBody)
 		}

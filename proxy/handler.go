@@ -2,12 +2,9 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -285,40 +282,6 @@ func (h *Handler) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
 	ctx.Response.Header.SetCanonical(hdrRequestID, id)
 	h.logRequest(ctx, r, ctx.Response.StatusCode(), "")
-}
-
-// ErrorHandler answers requests fasthttp could not parse. Set it as
-// fasthttp.Server.ErrorHandler.
-func (h *Handler) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
-	status, msg := fasthttp.StatusBadRequest, "bad request"
-	var small *fasthttp.ErrSmallBuffer
-	switch {
-	case errors.As(err, &small):
-		status, msg = fasthttp.StatusRequestHeaderFieldsTooLarge, "request header too large"
-	case isTimeout(err):
-		status, msg = fasthttp.StatusRequestTimeout, "request timeout"
-	case errors.Is(err, fasthttp.ErrUnsupportedTransferEncoding):
-		status, msg = fasthttp.StatusNotImplemented, "unsupported transfer coding"
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		status, msg = fasthttp.StatusRequestEntityTooLarge, "request body too large"
-	}
-	if isTLSHandshakeError(err) {
-		// Nothing useful can be written on a connection whose TLS
-		// handshake failed; fasthttp closes it after this handler.
-		ctx.SetConnectionClose()
-		h.log.Debug("tls handshake failed", "client", ctx.RemoteAddr().String(), "error", err.Error())
-		return
-	}
-	plainError(ctx, status, msg)
-	h.log.Info("bad request", "status", status, "client", ctx.RemoteAddr().String(), "error", err.Error())
-}
-
-// isTLSHandshakeError reports whether err comes from a failed TLS
-// handshake (a plain-HTTP client on an HTTPS listener, a bad hello, …).
-func isTLSHandshakeError(err error) bool {
-	var rh tls.RecordHeaderError
-	var alert tls.AlertError
-	return errors.As(err, &rh) || errors.As(err, &alert) || strings.HasPrefix(err.Error(), "tls: ")
 }
 
 // plainError writes a short plain-text error response.

@@ -231,6 +231,8 @@ type proxySetup struct {
 	Server      ServerOptions
 	Options     Options
 	NoAccessLog bool
+	// Listener, when set, wraps the proxy's listener (TLS, …).
+	Listener func(net.Listener) net.Listener
 }
 
 // slowCloses gives the proxy a close-handshake budget of a minute
@@ -278,6 +280,9 @@ func startProxyWith(t testing.TB, s proxySetup, rs ...*routes.Route) *testProxy 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.Listener != nil {
+		ln = s.Listener(ln)
 	}
 	done := make(chan struct{})
 	go func() {

@@ -422,6 +422,9 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Ro
 	// Connection lines it reads.
 	removeHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.ResetConnectionClose()
+	if r.RewriteRedirects {
+		rewriteRedirects(&ctx.Response.Header, r, t, req.URI().Host())
+	}
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
 	if c := a.StickyCookie(t, ctx.IsTLS()); c != "" {
 		ctx.Response.Header.Add("Set-Cookie", c)
@@ -498,18 +501,24 @@ func setUpstreamURI(req *fasthttp.Request, ctx *fasthttp.RequestCtx, r *routes.R
 	}
 	u.SetPathBytes(path) // sent verbatim: the HostClient has DisablePathNormalizing
 	u.SetQueryStringBytes(ctx.URI().QueryString())
-	host := ctx.Host()
-	for _, kv := range r.RequestHeaders.Set {
-		if strings.EqualFold(kv.Name, "Host") {
-			host = []byte(kv.Value) // request_headers.set: {Host: ...} wins
-		}
-	}
-	u.SetHostBytes(host)
+	u.SetHostBytes(upstreamHost(ctx, r))
 	// Userinfo in an absolute-form target ("http://user:pw@host/") would
 	// become an Authorization header when fasthttp writes the request,
 	// after the route's header edits (RFC 9110 §4.2.4: treat as an error).
 	u.SetUsername("")
 	u.SetPassword("")
+}
+
+// upstreamHost returns the Host a request is sent upstream with: the
+// client's, or the route's request_headers.set Host.
+func upstreamHost(ctx *fasthttp.RequestCtx, r *routes.Route) []byte {
+	host := ctx.Host()
+	for _, kv := range r.RequestHeaders.Set {
+		if strings.EqualFold(kv.Name, "Host") {
+			host = []byte(kv.Value) // the last set wins, as in applyRequestOps
+		}
+	}
+	return host
 }
 
 // stripPrefix appends to dst the request path without the route prefix.

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -46,9 +44,10 @@ func NewServer(h *Handler, o ServerOptions) *fasthttp.Server {
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 60 * time.Second
 	}
+	sl := &serverLog{h: h, headerBytes: o.HeaderBytes, headerTimeout: o.RequestHeaderTimeout}
 	return &fasthttp.Server{
 		Handler:                      h.ServeHTTP,
-		ErrorHandler:                 h.ErrorHandler,
+		ErrorHandler:                 sl.requestError,
 		Name:                         "wsgate",
 		ReadBufferSize:               o.HeaderBytes,
 		ReadTimeout:                  o.RequestHeaderTimeout,
@@ -63,13 +62,6 @@ func NewServer(h *Handler, o ServerOptions) *fasthttp.Server {
 		SecureErrorLogMessage: true,
 		CloseOnShutdown:       true,
 		NoDefaultContentType:  true,
-		Logger:                fasthttpLogger{h.log},
+		Logger:                sl,
 	}
-}
-
-// fasthttpLogger sends fasthttp's own messages to slog.
-type fasthttpLogger struct{ l *slog.Logger }
-
-func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Warn("fasthttp", "message", fmt.Sprintf(format, args...))
 }

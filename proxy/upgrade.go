@@ -446,6 +446,9 @@ func (h *Handler) relayRefusal(ctx *fasthttp.RequestCtx, r *routes.Route, bh *ba
 	}
 	removeHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.Del("Content-Length")
+	if r.RewriteRedirects {
+		rewriteRedirects(&ctx.Response.Header, r, bh.target, upstreamHost(ctx, r))
+	}
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
 	if ctx.IsHead() || resp.ContentLength == 0 {
 		resp.Body.Close()

@@ -34,6 +34,10 @@ type Route struct {
 	Upstream *Upstream
 	// StripPrefix removes PathPrefix from the path before forwarding.
 	StripPrefix bool
+	// RewriteRedirects, with StripPrefix, puts a backend's Location and
+	// Content-Location that point outside PathPrefix back under it
+	// (nginx's proxy_redirect default).
+	RewriteRedirects bool
 	// RequestHeaders edits the request sent to the upstream.
 	RequestHeaders HeaderOps
 	// ResponseHeaders edits the response sent to the client.
