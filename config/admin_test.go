@@ -9,6 +9,8 @@ import (
 
 func TestAdmin(t *testing.T) {
 	const token = "0123456789abcdef" // 16 bytes: no warning
+	// A token makes a non-loopback address valid, and warned about.
+	const publicAdmin = "is not a loopback address: the admin API (list, close and message WebSocket sessions, reload) is reachable over plain HTTP, guarded only by the token; keep the port off untrusted networks (a firewall or NetworkPolicy)"
 	tests := []struct {
 		name  string
 		admin string // the admin section, one YAML flow mapping
@@ -24,8 +26,9 @@ func TestAdmin(t *testing.T) {
 		{name: "localhost", admin: `{addr: "LocalHost:9901"}`, want: &Admin{Addr: "LocalHost:9901"}},
 		{name: "port 0, as a listener's", admin: `{addr: "127.0.0.1:0"}`, want: &Admin{Addr: "127.0.0.1:0"}},
 		{name: "every interface with a token", admin: `{addr: ":9901", token: ` + token + `, ready_requires_healthy_targets: true}`,
-			want: &Admin{Addr: ":9901", Token: token, ReadyRequiresHealthyTargets: true}},
-		{name: "public IP with a token", admin: `{addr: "192.0.2.7:9901", token: ` + token + `}`, want: &Admin{Addr: "192.0.2.7:9901", Token: token}},
+			want: &Admin{Addr: ":9901", Token: token, ReadyRequiresHealthyTargets: true}, warn: `admin.addr: ":9901" ` + publicAdmin},
+		{name: "public IP with a token", admin: `{addr: "192.0.2.7:9901", token: ` + token + `}`, want: &Admin{Addr: "192.0.2.7:9901", Token: token},
+			warn: `admin.addr: "192.0.2.7:9901" ` + publicAdmin},
 		{name: "short token", admin: `{addr: "127.0.0.1:9901", token: abc}`, want: &Admin{Addr: "127.0.0.1:9901", Token: "abc"},
 			warn: `admin.token: 3 bytes is short for a bearer token (want 16 or more, such as from "openssl rand -hex 16")`},
 

@@ -72,6 +72,8 @@ func (v *validator) config(doc *document) *Config {
 		return nil
 	}
 	v.upstreamWarnings(cfg, rs)
+	v.routeWarnings(cfg)
+	v.shutdownWarnings(&cfg.Timeouts)
 	slices.SortStableFunc(v.warnings, func(a, b *FieldError) int { return a.Line - b.Line })
 	cfg.Warnings = v.warnings
 	t, err := routes.New(rs)
@@ -103,6 +105,10 @@ func (v *validator) timeouts(t *Timeouts) {
 	v.duration("timeouts.shutdown_delay", &t.ShutdownDelay, defaultTimeouts.ShutdownDelay)
 }
 
+// defaultCopyRequestHeaders are the headers forward auth sends the auth
+// service by default.
+var defaultCopyRequestHeaders = []string{"Authorization", "Cookie", "Origin"}
+
 // auth checks a route's auth block.
 func (v *validator) auth(path string, a *Auth) *routes.Auth {
 	out := &routes.Auth{}
@@ -127,7 +133,7 @@ func (v *validator) auth(path string, a *Auth) *routes.Auth {
 	}
 	v.duration(fpath+".timeout", &f.Timeout, defaultAuthTimeout)
 	if f.CopyRequestHeaders == nil {
-		f.CopyRequestHeaders = []string{"Authorization", "Cookie", "Origin"}
+		f.CopyRequestHeaders = slices.Clone(defaultCopyRequestHeaders)
 	}
 	names := func(key string, list []string) []string {
 		out := make([]string, 0, len(list))
@@ -268,6 +274,10 @@ func (v *validator) admin(path string, a *Admin, ls []Listener) {
 	}
 	if !loopback && a.Token == "" {
 		v.atf(apath, "%q is not a loopback address; set admin.token to expose the admin API", a.Addr)
+	} else if !loopback {
+		// The admin listener is plain HTTP: the token crosses the
+		// network in clear, and with it the session API.
+		v.warnf(apath, "%q is not a loopback address: the admin API (list, close and message WebSocket sessions, reload) is reachable over plain HTTP, guarded only by the token; keep the port off untrusted networks (a firewall or NetworkPolicy)", a.Addr)
 	}
 	if n == 0 {
 		return // a port-0 listener gets a free port of its own
@@ -767,6 +777,66 @@ func (v *validator) upstreamWarnings(cfg *Config, rs []*routes.Route) {
 			v.warnf(path+".health", "a hash upstream sends a failing target's keys to it until %d health checks in a row have failed (up to %s); add passive: {} to eject it on failed requests", uc.Health.UnhealthyAfter, time.Duration(uc.Health.UnhealthyAfter)*uc.Health.Interval)
 		}
 	}
+}
+
+// routeWarnings warns about WebSocket settings that defeat each other:
+// keepalive pings that come after the idle timeout, and cookie-based
+// authentication that any web page can ride (cross-site WebSocket
+// hijacking: a browser sends the cookies of the target site with a
+// WebSocket handshake from any page, and the origins allow-list is what
+// stops it).
+func (v *validator) routeWarnings(cfg *Config) {
+	for i := range cfg.Routes {
+		r := &cfg.Routes[i]
+		w := &r.WebSocket
+		if !*w.Enabled {
+			continue
+		}
+		path := fmt.Sprintf("routes[%d].websocket", i)
+		if p := w.Ping; p != nil && w.IdleTimeout <= p.Interval {
+			at := path + ".idle_timeout"
+			if !v.loc.has(at) {
+				at = path + ".ping.interval"
+			}
+			v.warnf(at, "idle_timeout %s is not longer than ping.interval %s: a quiet session is closed as idle before wsgate's first ping, so the pings never keep it open", formatDuration(w.IdleTimeout), formatDuration(p.Interval))
+		}
+		if len(w.Origins) > 0 || r.Auth == nil {
+			continue
+		}
+		const hijack = "any web page the user visits can open a WebSocket to this route that carries the user's cookies (cross-site WebSocket hijacking); list the allowed origins in websocket.origins"
+		apath := fmt.Sprintf("routes[%d].auth", i)
+		if j := r.Auth.JWT; j != nil {
+			if kind, name, _ := strings.Cut(j.From, ":"); kind == "cookie" {
+				v.warnf(apath+".jwt.from", "the token comes from cookie %q and websocket.origins is empty: %s", name, hijack)
+			}
+		}
+		if f := r.Auth.Forward; f != nil && slices.ContainsFunc(f.CopyRequestHeaders, func(h string) bool { return strings.EqualFold(h, "Cookie") }) {
+			at, why := apath+".forward.copy_request_headers", ""
+			if !v.loc.has(at) {
+				at, why = apath+".forward", " (copy_request_headers includes it by default)"
+			}
+			v.warnf(at, "the auth service is sent the client's Cookie header%s and websocket.origins is empty: %s", why, hijack)
+		}
+	}
+}
+
+// terminationGrace is Kubernetes' default terminationGracePeriodSeconds:
+// a pod still running this long after SIGTERM is killed.
+const terminationGrace = 30 * time.Second
+
+// shutdownWarnings warns when a graceful shutdown takes longer than
+// Kubernetes waits for one by default.
+func (v *validator) shutdownWarnings(t *Timeouts) {
+	total := t.ShutdownDelay + t.Drain
+	if total <= terminationGrace {
+		return
+	}
+	at := "timeouts.drain"
+	if !v.loc.has(at) {
+		at = "timeouts.shutdown_delay"
+	}
+	v.warnf(at, "shutdown_delay %s + drain %s = %s is longer than %s, Kubernetes' default terminationGracePeriodSeconds: under Kubernetes, raise the pod's terminationGracePeriodSeconds above %s (plus any preStop sleep), or wsgate is killed before it has drained",
+		formatDuration(t.ShutdownDelay), formatDuration(t.Drain), formatDuration(total), formatDuration(terminationGrace), formatDuration(total))
 }
 
 // resolverAddr returns a DNS server's host:port, port 53 by default.
