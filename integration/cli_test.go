@@ -214,11 +214,21 @@ func TestCLIConventions(t *testing.T) {
 			t.Errorf("wsgate %s: exit %d, stdout %.40q, stderr %.80q; want 0 with the usage on stdout", strings.Join(args, " "), code, stdout, stderr)
 		}
 	}
-	for _, args := range [][]string{{"validate", "-h"}, {"validate", "--help"}} {
-		stdout, _, code := runWsgate(t, args...)
-		if code != 0 || !strings.HasPrefix(stdout, "usage: wsgate validate FILE") {
-			t.Errorf("wsgate %s: exit %d, stdout %.60q; want 0 with validate's usage", strings.Join(args, " "), code, stdout)
+	for _, sub := range []string{"validate", "schema", "healthcheck"} {
+		for _, h := range []string{"-h", "--help"} {
+			stdout, _, code := runWsgate(t, sub, h)
+			if code != 0 || !strings.HasPrefix(stdout, "usage: wsgate "+sub) {
+				t.Errorf("wsgate %s %s: exit %d, stdout %.60q; want 0 with %s's usage", sub, h, code, stdout, sub)
+			}
 		}
+	}
+	// wsgate schema prints the committed config.schema.json.
+	if stdout, stderr, code := runWsgate(t, "schema"); code != 0 || stderr != "" {
+		t.Errorf("wsgate schema: exit %d, stderr %q", code, stderr)
+	} else if want, err := os.ReadFile(filepath.Join(moduleRoot, "config.schema.json")); err != nil {
+		t.Error(err)
+	} else if stdout != string(want) {
+		t.Errorf("wsgate schema prints %d bytes that differ from config.schema.json (%d bytes)", len(stdout), len(want))
 	}
 	for _, args := range [][]string{{"version"}, {"-version"}, {"--version"}} {
 		stdout, _, code := runWsgate(t, args...)
@@ -234,6 +244,8 @@ func TestCLIConventions(t *testing.T) {
 		{nil, "-config is required"},
 		{[]string{"validate"}, "a config file is required"},
 		{[]string{"validate", examplePath, "extra"}, `unexpected argument "extra"`},
+		{[]string{"schema", "extra"}, `unexpected argument "extra"`},
+		{[]string{"healthcheck", "a", "b"}, `unexpected argument "b"`},
 	} {
 		stdout, stderr, code := runWsgate(t, tc.args...)
 		if code != 2 || !strings.Contains(stderr, tc.want) || stdout != "" {

@@ -2,6 +2,8 @@
 //
 //	wsgate -config FILE [-log-format json|text] [-log-level info] [-access-log=true]
 //	wsgate validate FILE
+//	wsgate schema
+//	wsgate healthcheck [-timeout 5s] [-insecure] [URL]
 //	wsgate version
 //
 // Exit codes: 0 clean shutdown, 1 runtime failure or forced drain, 2 bad
@@ -60,6 +62,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		case "validate":
 			return validate(args[1:], stdout, stderr)
+		case "healthcheck":
+			return healthcheck(args[1:], stdout, stderr)
+		case "schema":
+			return schema(args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("wsgate", flag.ContinueOnError)
@@ -169,6 +175,24 @@ func validate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "warning: %s\n", w)
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", args[0])
+	return 0
+}
+
+// schema is `wsgate schema`: the config's JSON Schema on stdout.
+func schema(args []string, stdout, stderr io.Writer) int {
+	const schemaUsage = "usage: wsgate schema\n\nPrints the JSON Schema (draft 2020-12) of the config file, the same as\nconfig.schema.json, for editors and CI checks.\n"
+	switch {
+	case len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help"):
+		fmt.Fprint(stdout, schemaUsage)
+		return 0
+	case len(args) > 0:
+		fmt.Fprintf(stderr, "wsgate schema: unexpected argument %q\n\n%s", args[0], schemaUsage)
+		return 2
+	}
+	if _, err := stdout.Write(config.Schema()); err != nil {
+		fmt.Fprintf(stderr, "wsgate schema: %v\n", err)
+		return 1
+	}
 	return 0
 }
 
@@ -304,6 +328,8 @@ func (g *gateway) config() *config.Config {
 // usage is what -h, help and a usage error print.
 const usage = `usage: wsgate -config FILE [flags]   run the gateway on FILE
        wsgate validate FILE           check FILE and exit
+       wsgate schema                  print the config's JSON Schema
+       wsgate healthcheck [URL]       exit 0 if URL answers 2xx (for Docker)
        wsgate version                 print the version
        wsgate help                    print this
 
