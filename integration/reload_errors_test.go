@@ -320,8 +320,9 @@ routes:
 	t.Run("YAML syntax error", func(t *testing.T) {
 		// A tab cannot indent YAML: the scanner fails on that line.
 		text := strings.Replace(config("v-never", ""), "  - name: app\n", "\t- name: app\n", 1)
-		f := lg.reject(t, text, "cannot start any token")
-		fileLine(t, f, liveYAMLLine(t, text, "\t- name: app"), "found character that cannot start any token")
+		const why = "a tab character indents this line; YAML indents with spaces only"
+		f := lg.reject(t, text, why)
+		fileLine(t, f, liveYAMLLine(t, text, "\t- name: app"), why)
 		serving(t, current())
 		reloadValid(t)
 	})
