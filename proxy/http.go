@@ -423,7 +423,7 @@ func (h *Handler) serveHTTP(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Ro
 	removeHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.ResetConnectionClose()
 	if r.RewriteRedirects {
-		rewriteRedirects(&ctx.Response.Header, r, t, req.URI().Host())
+		rewriteRedirects(&ctx.Response.Header, r, t, req.URI().Host(), clientScheme(ctx, sn.trusted))
 	}
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
 	if c := a.StickyCookie(t, ctx.IsTLS()); c != "" {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -19,12 +20,17 @@ var (
 // under the prefix a strip_prefix route removed (routes[].rewrite_redirects,
 // nginx's proxy_redirect default): the backend answers in its own paths,
 // which the client reaches below the prefix. t is the target that
-// answered and host the Host sent to it: an absolute URL naming either is
-// the backend's, and becomes a path the client resolves against the URL
-// it used (its own scheme and host). Call it only for a route with
+// answered and host the Host sent to it, clientScheme the scheme the
+// client used ("http" or "https"): an absolute URL naming the target with
+// the target's scheme, or host with the client's scheme, is the
+// backend's, and becomes a path the client resolves against the URL it
+// used (its own scheme and host). A URL that changes the scheme the
+// client would get ("https://" + the Host, to a client on plain HTTP: an
+// app that enforces HTTPS) is left alone, as nginx's proxy_redirect
+// default, which matches the proxy_pass URL scheme included, would. Call it only for a route with
 // RewriteRedirects, before the route's response_headers (a Location set
 // there wins). It does not allocate for values up to 512 bytes.
-func rewriteRedirects(h *fasthttp.ResponseHeader, r *routes.Route, t *upstream.Target, host []byte) {
+func rewriteRedirects(h *fasthttp.ResponseHeader, r *routes.Route, t *upstream.Target, host []byte, clientScheme string) {
 	prefix := strings.TrimSuffix(r.PathPrefix, "/")
 	if prefix == "" {
 		return // the prefix "/" strips nothing
@@ -35,10 +41,25 @@ func rewriteRedirects(h *fasthttp.ResponseHeader, r *routes.Route, t *upstream.T
 			continue
 		}
 		var buf [512]byte
-		if out, ok := underPrefix(buf[:0], v, prefix, t, host); ok {
+		if out, ok := underPrefix(buf[:0], v, prefix, t, host, clientScheme); ok {
 			h.SetCanonical(name, out)
 		}
 	}
+}
+
+// clientScheme is the scheme the client used, as the backend is told in
+// X-Forwarded-Proto: https on a TLS listener, or what a trusted proxy
+// said (one X-Forwarded-Proto: https), else http.
+func clientScheme(ctx *fasthttp.RequestCtx, trusted []netip.Prefix) string {
+	if ctx.IsTLS() {
+		return "https"
+	}
+	if len(trusted) > 0 {
+		if v := ctx.Request.Header.PeekAll("X-Forwarded-Proto"); len(v) == 1 && equalFoldBytes(v[0], "https") && isTrusted(peerAddr(ctx), trusted) {
+			return "https"
+		}
+	}
+	return "http"
 }
 
 // underPrefix appends to dst the value of a Location-like field v
@@ -49,18 +70,19 @@ func rewriteRedirects(h *fasthttp.ResponseHeader, r *routes.Route, t *upstream.T
 //     one already under it is left alone (a backend that knows its public
 //     prefix);
 //   - an absolute URL ("http://backend:8080/login", "//backend/login")
-//     whose authority is the target's address or name, or the Host sent
-//     to the backend, becomes its path, with the prefix when outside it;
+//     whose authority is the target's address or name (and its scheme
+//     the target's), or the Host sent to the backend (and its scheme the
+//     client's), becomes its path, with the prefix when outside it;
 //   - anything else (another host, a relative path such as "login", which
 //     the client resolves against a request path that has the prefix) is
 //     left alone.
-func underPrefix(dst, v []byte, prefix string, t *upstream.Target, host []byte) ([]byte, bool) {
+func underPrefix(dst, v []byte, prefix string, t *upstream.Target, host []byte, clientScheme string) ([]byte, bool) {
 	var path []byte
 	absolute := false
 	switch {
 	case len(v) >= 2 && v[0] == '/' && v[1] == '/':
 		auth, rest := splitAuthority(v[2:])
-		if !isBackend(auth, "", t, host) {
+		if !isBackend(auth, "", t, host, clientScheme) {
 			return dst, false
 		}
 		path, absolute = rest, true
@@ -72,7 +94,7 @@ func underPrefix(dst, v []byte, prefix string, t *upstream.Target, host []byte) 
 			return dst, false
 		}
 		auth, p := splitAuthority(rest)
-		if !isBackend(auth, scheme, t, host) {
+		if !isBackend(auth, scheme, t, host, clientScheme) {
 			return dst, false
 		}
 		path, absolute = p, true
@@ -129,10 +151,11 @@ func splitAuthority(b []byte) (auth, rest []byte) {
 }
 
 // isBackend reports whether the authority of a URL with scheme ("" when
-// the URL has none) names the backend: the target t, by address or by the
-// name it was configured with, or host, the Host sent to it. A missing
-// port is the scheme's default. Userinfo never matches.
-func isBackend(auth []byte, scheme string, t *upstream.Target, host []byte) bool {
+// the URL has none: it keeps the client's) names the backend: the target
+// t, by address or by the name it was configured with, with t's scheme;
+// or host, the Host sent to it, with clientScheme. A missing port is the
+// scheme's default. Userinfo never matches.
+func isBackend(auth []byte, scheme string, t *upstream.Target, host []byte, clientScheme string) bool {
 	if len(auth) == 0 {
 		return false
 	}
@@ -142,15 +165,15 @@ func isBackend(auth []byte, scheme string, t *upstream.Target, host []byte) bool
 		}
 	}
 	ah, ap := splitHostPort(auth)
-	if t != nil {
+	if t != nil && (scheme == "" || scheme == t.Scheme) {
 		th, tp := splitHostPort(t.Addr)
-		if samePort(ap, tp, scheme) && (equalFoldBytes(ah, th) || equalFoldBytes(ah, t.Host)) {
+		if samePort(ap, tp, t.Scheme) && (equalFoldBytes(ah, th) || equalFoldBytes(ah, t.Host)) {
 			return true
 		}
 	}
-	if len(host) > 0 {
+	if len(host) > 0 && (scheme == "" || scheme == clientScheme) {
 		hh, hp := splitHostPort(host)
-		if samePort(ap, hp, scheme) && equalFoldBytes(ah, hh) {
+		if samePort(ap, hp, clientScheme) && equalFoldBytes(ah, hh) {
 			return true
 		}
 	}

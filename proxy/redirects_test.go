@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
@@ -20,49 +22,57 @@ func TestUnderPrefix(t *testing.T) {
 	v6 := &upstream.Target{Scheme: "http", Addr: "[::1]:8080", Host: "::1"}
 	host := []byte("example.com")
 	for _, tc := range []struct {
-		v    string
-		t    *upstream.Target
-		want string // "" = unchanged
+		v      string
+		t      *upstream.Target
+		want   string // "" = unchanged
+		client string // the client's scheme; "" = http
 	}{
-		{"/login", tg, "/app/login"},
-		{"/", tg, "/app/"},
-		{"/login?next=/x#f", tg, "/app/login?next=/x#f"},
-		{"/apple", tg, "/app/apple"},
-		{"/app", tg, ""},
-		{"/app/x", tg, ""},
-		{"/app?x=1", tg, ""},
-		{"/app#top", tg, ""},
-		{"http://10.0.0.5:8080/login", tg, "/app/login"},
-		{"HTTP://10.0.0.5:8080/login", tg, "/app/login"},
-		{"http://APP.internal:8080/login", tg, "/app/login"},
-		{"http://10.0.0.5:8080", tg, "/app/"},
-		{"http://10.0.0.5:8080?x=1", tg, "/app/?x=1"},
-		{"http://10.0.0.5:8080/app/x", tg, "/app/x"},
-		{"http://example.com/login", tg, "/app/login"},    // the Host sent
-		{"https://example.com/login", tg, "/app/login"},   // default port both ways
-		{"http://example.com:80/login", tg, "/app/login"}, // the default port, spelt out
-		{"//10.0.0.5:8080/x", tg, "/app/x"},
-		{"http://[::1]:8080/x", v6, "/app/x"},
-		{"http://app.internal/login", tg, ""}, // port 80, not the target's 8080
-		{"http://example.com:8443/login", tg, ""},
-		{"https://other.example/login", tg, ""},
-		{"//other.example/x", tg, ""},
-		{"http://user@10.0.0.5:8080/x", tg, ""},
-		{"ftp://10.0.0.5:8080/x", tg, ""},
-		{"login", tg, ""},
-		{"../login", tg, ""},
-		{"?page=2", tg, ""},
-		{"http:/login", tg, ""},
+		{"/login", tg, "/app/login", ""},
+		{"/", tg, "/app/", ""},
+		{"/login?next=/x#f", tg, "/app/login?next=/x#f", ""},
+		{"/apple", tg, "/app/apple", ""},
+		{"/app", tg, "", ""},
+		{"/app/x", tg, "", ""},
+		{"/app?x=1", tg, "", ""},
+		{"/app#top", tg, "", ""},
+		{"http://10.0.0.5:8080/login", tg, "/app/login", ""},
+		{"HTTP://10.0.0.5:8080/login", tg, "/app/login", ""},
+		{"http://APP.internal:8080/login", tg, "/app/login", ""},
+		{"http://10.0.0.5:8080", tg, "/app/", ""},
+		{"http://10.0.0.5:8080?x=1", tg, "/app/?x=1", ""},
+		{"http://10.0.0.5:8080/app/x", tg, "/app/x", ""},
+		{"http://example.com/login", tg, "/app/login", ""},       // the Host sent
+		{"https://example.com/login", tg, "", ""},                // to HTTPS, from a client on HTTP: kept
+		{"https://example.com/login", tg, "/app/login", "https"}, // the client's scheme, default port
+		{"http://example.com/login", tg, "", "https"},            // to HTTP, from a client on HTTPS: kept
+		{"https://10.0.0.5:8080/login", tg, "", ""},              // not the target's scheme
+		{"http://example.com:80/login", tg, "/app/login", ""},    // the default port, spelt out
+		{"//10.0.0.5:8080/x", tg, "/app/x", ""},
+		{"http://[::1]:8080/x", v6, "/app/x", ""},
+		{"http://app.internal/login", tg, "", ""}, // port 80, not the target's 8080
+		{"http://example.com:8443/login", tg, "", ""},
+		{"https://other.example/login", tg, "", ""},
+		{"//other.example/x", tg, "", ""},
+		{"http://user@10.0.0.5:8080/x", tg, "", ""},
+		{"ftp://10.0.0.5:8080/x", tg, "", ""},
+		{"login", tg, "", ""},
+		{"../login", tg, "", ""},
+		{"?page=2", tg, "", ""},
+		{"http:/login", tg, "", ""},
 	} {
-		got, ok := underPrefix(nil, []byte(tc.v), "/app", tc.t, host)
+		client := tc.client
+		if client == "" {
+			client = "http"
+		}
+		got, ok := underPrefix(nil, []byte(tc.v), "/app", tc.t, host, client)
 		if tc.want == "" {
 			if ok {
-				t.Errorf("underPrefix(%q) = %q, want it unchanged", tc.v, got)
+				t.Errorf("underPrefix(%q), client on %s = %q, want it unchanged", tc.v, client, got)
 			}
 			continue
 		}
 		if !ok || string(got) != tc.want {
-			t.Errorf("underPrefix(%q) = %q, %v; want %q", tc.v, got, ok, tc.want)
+			t.Errorf("underPrefix(%q), client on %s = %q, %v; want %q", tc.v, client, got, ok, tc.want)
 		}
 	}
 }
@@ -78,7 +88,7 @@ func TestRewriteRedirectsDoesNotAllocate(t *testing.T) {
 	for _, loc := range []string{"/login?next=/x", "http://10.0.0.5:8080/login", "https://other.example/"} {
 		f := func() {
 			h.Set("Location", loc)
-			rewriteRedirects(&h, r, tg, host)
+			rewriteRedirects(&h, r, tg, host, "http")
 		}
 		f()
 		if n := testing.AllocsPerRun(100, f); n != 0 {
@@ -87,7 +97,7 @@ func TestRewriteRedirectsDoesNotAllocate(t *testing.T) {
 	}
 	h.Reset()
 	h.Set("Content-Type", "text/plain")
-	if n := testing.AllocsPerRun(100, func() { rewriteRedirects(&h, r, tg, host) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { rewriteRedirects(&h, r, tg, host, "http") }); n != 0 {
 		t.Errorf("no Location: %v allocations per call, want 0", n)
 	}
 }
@@ -201,5 +211,38 @@ func TestRewriteRedirectsResponseHeadersWin(t *testing.T) {
 	}
 	if !strings.HasPrefix(resp.Status, "302") {
 		t.Errorf("status %q, want 302", resp.Status)
+	}
+}
+
+// TestClientScheme: the client's scheme is https on a TLS listener, or
+// when a trusted proxy says so in one X-Forwarded-Proto; an untrusted
+// peer's header counts for nothing.
+func TestClientScheme(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	for _, tc := range []struct {
+		peer  string
+		proto []string
+		want  string
+	}{
+		{"10.1.2.3:5000", nil, "http"},
+		{"10.1.2.3:5000", []string{"https"}, "https"},
+		{"10.1.2.3:5000", []string{"HTTPS"}, "https"},
+		{"10.1.2.3:5000", []string{"http"}, "http"},
+		{"10.1.2.3:5000", []string{"https", "http"}, "http"},
+		{"192.0.2.7:5000", []string{"https"}, "http"},
+	} {
+		var req fasthttp.Request
+		req.SetRequestURI("/x")
+		for _, p := range tc.proto {
+			req.Header.Add("X-Forwarded-Proto", p)
+		}
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&req, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(tc.peer)), nil)
+		if got := clientScheme(&ctx, trusted); got != tc.want {
+			t.Errorf("peer %s, X-Forwarded-Proto %q: %s, want %s", tc.peer, tc.proto, got, tc.want)
+		}
+		if got := clientScheme(&ctx, nil); got != "http" {
+			t.Errorf("no trusted proxies, peer %s: %s, want http", tc.peer, got)
+		}
 	}
 }

@@ -191,7 +191,7 @@ func (h *Handler) serveWebSocket(ctx *fasthttp.RequestCtx, sn *snapshot, r *rout
 		ctx.Response.Header.Add("Set-Cookie", c)
 	}
 	if bh.resp.StatusCode != http.StatusSwitchingProtocols {
-		h.relayRefusal(ctx, r, bh)
+		h.relayRefusal(ctx, sn, r, bh)
 		return
 	}
 	s = h.upgradeClient(ctx, sn, r, bh, slot, expires)
@@ -436,7 +436,7 @@ func handshakeStatus(err error) (int, string) {
 // relayRefusal passes a backend's non-101 answer to the client as an
 // ordinary HTTP response: status, end-to-end headers and the whole body.
 // No byte of the client's connection is ever tunnelled.
-func (h *Handler) relayRefusal(ctx *fasthttp.RequestCtx, r *routes.Route, bh *backendHandshake) {
+func (h *Handler) relayRefusal(ctx *fasthttp.RequestCtx, sn *snapshot, r *routes.Route, bh *backendHandshake) {
 	resp := bh.resp
 	ctx.SetStatusCode(resp.StatusCode)
 	for name, vs := range resp.Header {
@@ -447,7 +447,7 @@ func (h *Handler) relayRefusal(ctx *fasthttp.RequestCtx, r *routes.Route, bh *ba
 	removeHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.Del("Content-Length")
 	if r.RewriteRedirects {
-		rewriteRedirects(&ctx.Response.Header, r, bh.target, upstreamHost(ctx, r))
+		rewriteRedirects(&ctx.Response.Header, r, bh.target, upstreamHost(ctx, r), clientScheme(ctx, sn.trusted))
 	}
 	applyResponseOps(&ctx.Response.Header, &r.ResponseHeaders)
 	if ctx.IsHead() || resp.ContentLength == 0 {
