@@ -101,11 +101,16 @@ func parseErrorText(err error) string {
 }
 
 // isTLSHandshakeError reports whether err comes from a failed TLS
-// handshake (a bad hello, a client that gave up, …).
+// handshake (a bad hello, a client that gave up, an alert either side
+// sent: crypto/tls returns those as a *net.OpError "remote error" or
+// "local error" around its unexported alert type).
 func isTLSHandshakeError(err error) bool {
 	var rh tls.RecordHeaderError
 	var alert tls.AlertError
-	return errors.As(err, &rh) || errors.As(err, &alert) || strings.HasPrefix(err.Error(), "tls: ")
+	var op *net.OpError
+	return errors.As(err, &rh) || errors.As(err, &alert) ||
+		(errors.As(err, &op) && (op.Op == "remote error" || op.Op == "local error")) ||
+		strings.HasPrefix(err.Error(), "tls: ")
 }
 
 // serveConnError is the format of the line fasthttp's worker pool logs
