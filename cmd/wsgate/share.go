@@ -55,6 +55,16 @@ func (s *acceptShare) accept(ln *net.TCPListener) {
 			return
 		}
 		backoff = 5 * time.Millisecond
+		s.hand(c)
+	}
+}
+
+// hand gives c to the newest open generation. One retired while c waited
+// for it (a reload) passes it on to the generation that replaced it, as
+// the kernel's backlog does for duplicated sockets; with none open, c is
+// closed.
+func (s *acceptShare) hand(c net.Conn) {
+	for {
 		s.mu.Lock()
 		var to *sharedListener
 		if n := len(s.gens); n > 0 {
@@ -63,12 +73,12 @@ func (s *acceptShare) accept(ln *net.TCPListener) {
 		s.mu.Unlock()
 		if to == nil {
 			c.Close()
-			continue
+			return
 		}
 		select {
 		case to.conns <- c:
+			return
 		case <-to.done:
-			c.Close()
 		}
 	}
 }
@@ -95,7 +105,8 @@ func (sl *sharedListener) Accept() (net.Conn, error) {
 
 func (sl *sharedListener) Close() error {
 	sl.once.Do(func() {
-		close(sl.done)
+		// Out of the list first, so that hand, woken by done, picks
+		// another generation.
 		s := sl.share
 		s.mu.Lock()
 		for i, g := range s.gens {
@@ -105,6 +116,7 @@ func (sl *sharedListener) Close() error {
 			}
 		}
 		s.mu.Unlock()
+		close(sl.done)
 	})
 	return nil
 }
