@@ -138,7 +138,13 @@ func keepPlaces(p *problems, path string, n *yaml.Node, v reflect.Value) {
 			}
 			key := reflect.ValueOf(k.Value).Convert(v.Type().Key())
 			e := v.MapIndex(key)
-			if !e.IsValid() { // dropped
+			if !e.IsValid() {
+				// Dropped: refill only an entry the decoder rejected. A
+				// key that resolves to null ("null", "~") is dropped too,
+				// without an error: it is not a rejected entry.
+				if !p.nearRejected(joinPath(path, k.Value)) {
+					continue
+				}
 				if v.IsNil() {
 					v.Set(reflect.MakeMap(v.Type()))
 				}

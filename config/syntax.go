@@ -102,8 +102,12 @@ func explainSyntax(err error, data []byte) syntaxProblem {
 		// "*name" where no "&name" is: the message has no line, so find
 		// the first unquoted use.
 		name := reAnchor.FindStringSubmatch(msg)[1]
+		inScalar := blockScalarLines(lines)
 		for n := 1; n <= len(lines); n++ {
-			if col, _ := valueStart(text(n), "*"); col >= 0 && strings.HasPrefix(text(n)[col+1:], name) {
+			if inScalar[n-1] {
+				continue // "*name" in a "|" or ">" block is text
+			}
+			if col, _ := valueStart(text(n), "*"); col >= 0 && isAlias(text(n)[col+1:], name) {
 				return mustQuote(lines, n, col, fmt.Sprintf("a leading * starts a YAML alias, and there is no anchor &%s", name))
 			}
 		}
@@ -493,6 +497,43 @@ func badDedent(lines []string) (line, above, outer int) {
 		}
 	}
 	return 0, 0, 0
+}
+
+// blockScalarLines reports, for each line, whether it is inside the body
+// of a block scalar ("|", ">").
+func blockScalarLines(lines []string) []bool {
+	in := make([]bool, len(lines))
+	scalar := -1 // indentation of the key of the block scalar
+	for i, s := range lines {
+		s = strings.TrimSuffix(s, "\r")
+		if !isContent(s) {
+			in[i] = scalar >= 0
+			continue
+		}
+		ind := indentOf(s)
+		if scalar >= 0 {
+			if ind > scalar {
+				in[i] = true
+				continue
+			}
+			scalar = -1
+		}
+		t := strings.TrimSpace(s)
+		if j := strings.Index(t, " #"); j >= 0 {
+			t = strings.TrimSpace(t[:j])
+		}
+		if reBlockScalar.MatchString(t) {
+			scalar = ind
+		}
+	}
+	return in
+}
+
+// isAlias reports whether s, what follows a "*", is the alias name and
+// nothing more of a name: "foo" in "foo", "foo ", "foo]", not "foobar".
+func isAlias(s, name string) bool {
+	rest, ok := strings.CutPrefix(s, name)
+	return ok && (rest == "" || strings.ContainsRune(" \t,[]{}", rune(rest[0])))
 }
 
 var reBlockScalar = regexp.MustCompile(`(?:^|[:\-]\s+)[|>][-+0-9]*$`)
