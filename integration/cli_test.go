@@ -222,6 +222,11 @@ func TestCLIConventions(t *testing.T) {
 			}
 		}
 	}
+	// wsgate healthcheck's usage errors exit 1, not 2: Docker's
+	// HEALTHCHECK reserves 2.
+	if stdout, stderr, code := runWsgate(t, "healthcheck", "a", "b"); code != 1 || !strings.Contains(stderr, `unexpected argument "b"`) || stdout != "" {
+		t.Errorf("wsgate healthcheck a b: exit %d, stderr %q; want 1 naming the stray argument", code, stderr)
+	}
 	// wsgate schema prints the committed config.schema.json.
 	if stdout, stderr, code := runWsgate(t, "schema"); code != 0 || stderr != "" {
 		t.Errorf("wsgate schema: exit %d, stderr %q", code, stderr)
@@ -245,7 +250,6 @@ func TestCLIConventions(t *testing.T) {
 		{[]string{"validate"}, "a config file is required"},
 		{[]string{"validate", examplePath, "extra"}, `unexpected argument "extra"`},
 		{[]string{"schema", "extra"}, `unexpected argument "extra"`},
-		{[]string{"healthcheck", "a", "b"}, `unexpected argument "b"`},
 	} {
 		stdout, stderr, code := runWsgate(t, tc.args...)
 		if code != 2 || !strings.Contains(stderr, tc.want) || stdout != "" {

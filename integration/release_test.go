@@ -10,13 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 )
 
-// TestReleaseScript runs scripts/release.sh for linux/amd64 and
-// windows/amd64: versioned archives whose checksums sha256sum -c accepts,
+// TestReleaseScript runs scripts/release.sh for this machine's Linux and
+// for windows/amd64: versioned archives whose checksums sha256sum -c accepts,
 // each with the binary, the docs and configs, and deploy/ without the Go
 // test module; the Linux binary prints the version it was stamped with.
 func TestReleaseScript(t *testing.T) {
@@ -28,7 +29,8 @@ func TestReleaseScript(t *testing.T) {
 	}
 	out := t.TempDir()
 	const version = "v9.9.9-test"
-	cmd := exec.Command("./scripts/release.sh", "--version", version, "--out", out, "linux/amd64", "windows/amd64")
+	linux := "linux-" + runtime.GOARCH
+	cmd := exec.Command("./scripts/release.sh", "--version", version, "--out", out, "linux/"+runtime.GOARCH, "windows/amd64")
 	cmd.Dir = moduleRoot
 	cmd.Env = processEnv()
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -38,7 +40,7 @@ func TestReleaseScript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"wsgate-" + version + "-linux-amd64.tar.gz", "wsgate-" + version + "-windows-amd64.zip"} {
+	for _, want := range []string{"wsgate-" + version + "-" + linux + ".tar.gz", "wsgate-" + version + "-windows-amd64.zip"} {
 		if !strings.Contains(string(sums), "  "+want+"\n") {
 			t.Errorf("SHA256SUMS lacks %s:\n%s", want, sums)
 		}
@@ -50,8 +52,8 @@ func TestReleaseScript(t *testing.T) {
 	}
 
 	// The tarball's names, and the binary run from it.
-	prefix := "wsgate-" + version + "-linux-amd64/"
-	f, err := os.Open(filepath.Join(out, "wsgate-"+version+"-linux-amd64.tar.gz"))
+	prefix := "wsgate-" + version + "-" + linux + "/"
+	f, err := os.Open(filepath.Join(out, "wsgate-"+version+"-"+linux+".tar.gz"))
 	if err != nil {
 		t.Fatal(err)
 	}

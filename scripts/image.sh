@@ -36,10 +36,14 @@ fi
 # rootfs DIR lays out the image's files in DIR.
 rootfs() {
   local dir=$1
-  mkdir -p "$dir/usr/local/bin" "$dir/etc/wsgate" "$dir/etc/ssl/certs"
+  # Explicit modes: the image's user (65532) must read and run them,
+  # whatever the builder's umask.
+  install -d -m 0755 "$dir" "$dir/usr" "$dir/usr/local" "$dir/usr/local/bin" "$dir/etc" \
+    "$dir/etc/wsgate" "$dir/etc/ssl" "$dir/etc/ssl/certs"
   CGO_ENABLED=0 GOOS=linux GOARCH=${GOARCH:-$(go env GOARCH)} \
     go build -trimpath -buildvcs=false -ldflags "-s -w -X main.version=$version" \
     -o "$dir/usr/local/bin/wsgate" ./cmd/wsgate
+  chmod 0755 "$dir/usr/local/bin/wsgate"
   install -m 0644 deploy/docker/wsgate.yaml "$dir/etc/wsgate/wsgate.yaml"
   install -m 0644 config.example.yaml "$dir/etc/wsgate/config.example.yaml"
   install -m 0644 config.schema.json "$dir/etc/wsgate/config.schema.json"

@@ -15,8 +15,8 @@ import (
 
 const healthcheckUsage = `usage: wsgate healthcheck [-timeout 5s] [-insecure] [URL]
 
-GETs URL (http or https) and exits 0 on a 2xx answer, 1 otherwise, with
-the reason on stderr. Without URL it GETs $WSGATE_HEALTHCHECK_URL, else
+GETs URL (http or https) and exits 0 on a 2xx answer, 1 otherwise (a bad
+flag or URL too: Docker reserves exit code 2), with the reason on stderr. Without URL it GETs $WSGATE_HEALTHCHECK_URL, else
 the admin listener's default http://127.0.0.1:9901/healthz. It is the
 image's Docker HEALTHCHECK, in an image that has no curl:
 
@@ -34,7 +34,8 @@ const healthcheckEnv = "WSGATE_HEALTHCHECK_URL"
 // address.
 const defaultHealthcheckURL = "http://127.0.0.1:9901/healthz"
 
-// healthcheck is `wsgate healthcheck [URL]`.
+// healthcheck is `wsgate healthcheck [URL]`. Every failure exits 1, a
+// usage error too: Docker's HEALTHCHECK reserves 2.
 func healthcheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("wsgate healthcheck", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -46,13 +47,13 @@ func healthcheck(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		fmt.Fprintf(stderr, "wsgate healthcheck: %v\n\n%s", err, healthcheckUsage)
-		return 2
+		return 1
 	}
 	target := fs.Arg(0)
 	switch {
 	case fs.NArg() > 1:
 		fmt.Fprintf(stderr, "wsgate healthcheck: unexpected argument %q (one URL)\n\n%s", fs.Arg(1), healthcheckUsage)
-		return 2
+		return 1
 	case target != "":
 	case os.Getenv(healthcheckEnv) != "":
 		target = os.Getenv(healthcheckEnv)
@@ -62,18 +63,18 @@ func healthcheck(args []string, stdout, stderr io.Writer) int {
 	u, err := url.Parse(target)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		fmt.Fprintf(stderr, "wsgate healthcheck: %q is not an http or https URL\n", target)
-		return 2
+		return 1
 	}
 	if *timeout <= 0 {
 		fmt.Fprintf(stderr, "wsgate healthcheck: -timeout must be positive\n")
-		return 2
+		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "wsgate healthcheck: %v\n", err)
-		return 2
+		return 1
 	}
 	req.Header.Set("User-Agent", "wsgate-healthcheck")
 	tr := &http.Transport{

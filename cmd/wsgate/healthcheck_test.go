@@ -53,10 +53,10 @@ func TestHealthcheck(t *testing.T) {
 		{"timeout", []string{"-timeout", "100ms", srv.URL + "/slow"}, 1, "", "deadline exceeded"},
 		{"https unverified", []string{tls.URL}, 1, "", "certificate"},
 		{"https -insecure", []string{"-insecure", tls.URL}, 0, "", ""},
-		{"two URLs", []string{srv.URL, srv.URL}, 2, "", `unexpected argument "` + srv.URL + `"`},
-		{"not a URL", []string{"127.0.0.1:9901/healthz"}, 2, "", "is not an http or https URL"},
-		{"ftp", []string{"ftp://127.0.0.1/"}, 2, "", "is not an http or https URL"},
-		{"bad flag", []string{"-nope", srv.URL}, 2, "", "flag provided but not defined: -nope"},
+		{"two URLs", []string{srv.URL, srv.URL}, 1, "", `unexpected argument "` + srv.URL + `"`},
+		{"not a URL", []string{"127.0.0.1:9901/healthz"}, 1, "", "is not an http or https URL"},
+		{"ftp", []string{"ftp://127.0.0.1/"}, 1, "", "is not an http or https URL"},
+		{"bad flag", []string{"-nope", srv.URL}, 1, "", "flag provided but not defined: -nope"},
 		{"-h", []string{"-h"}, 0, "usage: wsgate healthcheck", ""},
 		{"--help", []string{"--help"}, 0, "usage: wsgate healthcheck", ""},
 	} {
@@ -90,7 +90,7 @@ func TestHealthcheckEnv(t *testing.T) {
 	}{
 		{srv.URL + "/up", 0},
 		{srv.URL + "/down", 1},
-		{"not a url", 2},
+		{"not a url", 1},
 	} {
 		t.Setenv(healthcheckEnv, tc.env)
 		var stdout, stderr bytes.Buffer
