@@ -28,6 +28,24 @@ func (p *opsPeer) readPing() rawFrame {
 	return f
 }
 
+// readDataAnsweringPings is readData, answering wsgate's pings that come
+// before the data frame.
+func (p *opsPeer) readDataAnsweringPings(opcode byte, payload []byte) {
+	p.t.Helper()
+	for {
+		f := p.read()
+		if f.opcode == opPing && bytes.Equal(f.payload, pingToken[:]) {
+			p.send(0x8A, f.payload)
+			continue
+		}
+		if !f.fin || f.rsv != 0 || f.opcode != opcode || !bytes.Equal(f.payload, payload) {
+			p.t.Fatalf("%s peer got fin %v rsv %#x opcode %d, %d bytes %.20q; want one frame opcode %d, %d bytes %.20q",
+				p.side, f.fin, f.rsv, f.opcode, len(f.payload), f.payload, opcode, len(payload), payload)
+		}
+		return
+	}
+}
+
 // TestKeepalivePings: a quiet session gets wsgate's pings on both legs;
 // the pongs that answer them are consumed (the other peer sees nothing),
 // and the session outlives its idle timeout several times while both
@@ -64,7 +82,13 @@ func TestKeepalivePings(t *testing.T) {
 					t.Fatalf("backend got opcode %d %q, want the client's ping", f.opcode, f.payload)
 				}
 			}
-			o.exchange(10)
+			// Data still flows both ways; wsgate's pings keep coming
+			// (every 300 ms) and may come first.
+			msg := bytes.Repeat([]byte{10}, 10)
+			o.client.send(0x82, msg)
+			o.backend.readDataAnsweringPings(opBinary, msg)
+			o.backend.send(0x82, msg)
+			o.client.readDataAnsweringPings(opBinary, msg)
 			st := routeStats(t, reg, "ping", "up")
 			if st.ClientActions.Pings < int64(rounds) || st.BackendActions.Pings < int64(rounds) {
 				t.Errorf("pings counted %d client, %d backend; want at least %d each", st.ClientActions.Pings, st.BackendActions.Pings, rounds)
