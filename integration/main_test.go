@@ -215,6 +215,7 @@ func startGatewayBin(t *testing.T, bin, path string, env []string) *gw {
 	}()
 	t.Cleanup(g.cleanup)
 	g.awaitListeners(want)
+	checkConfigSchema(t, path, env)
 	return g
 }
 
