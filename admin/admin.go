@@ -49,6 +49,9 @@ type Options struct {
 	Ready func() (ready bool, why string)
 	// Metrics serves /metrics.
 	Metrics http.Handler
+	// PublicMetrics serves /metrics without the token (and, without a
+	// token, whatever the Host), as /healthz and /readyz are.
+	PublicMetrics bool
 	// Overview returns what the dashboard shows; /api/overview answers
 	// it and /api/stream sends it every second.
 	Overview func() Overview
@@ -232,8 +235,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// stream needs it: a hook registered once Shutdown has begun would
 	// never run.
 	h.shutdownOf(r)
-	probe := r.URL.Path == "/healthz" || r.URL.Path == "/readyz"
-	if !probe && !h.allowed(w, r) {
+	open := r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || (h.o.PublicMetrics && r.URL.Path == "/metrics")
+	if !open && !h.allowed(w, r) {
 		return
 	}
 	if fallback, pattern := h.mux.Handler(r); pattern == "" {

@@ -200,6 +200,32 @@ func TestMetrics(t *testing.T) {
 		srv := serve(t, New(o))
 		wantError(t, do(t, srv, "GET", "/metrics", nil), 404)
 	})
+	// PublicMetrics: /metrics without the token (and, with no token, any
+	// Host), and nothing else.
+	t.Run("public", func(t *testing.T) {
+		o := testOptions(newFakeSessions())
+		o.Token = "s3cret"
+		o.PublicMetrics = true
+		srv := serve(t, New(o))
+		if r := do(t, srv, "GET", "/metrics", nil); r.status != 200 || string(r.body) != "wsgate_up 1\n" {
+			t.Errorf("GET /metrics without the token = %d %q, want 200", r.status, r.body)
+		}
+		if r := do(t, srv, "GET", "/api/upstreams", nil); r.status != 401 {
+			t.Errorf("GET /api/upstreams without the token = %d, want 401", r.status)
+		}
+		if r := do(t, srv, "POST", "/reload", nil); r.status != 401 {
+			t.Errorf("POST /reload without the token = %d, want 401", r.status)
+		}
+		o = testOptions(newFakeSessions())
+		o.PublicMetrics = true
+		srv = serve(t, New(o))
+		if r := do(t, srv, "GET", "/metrics", nil, "Host", "wsgate.example"); r.status != 200 {
+			t.Errorf("GET /metrics, no token, Host wsgate.example = %d, want 200", r.status)
+		}
+		if r := do(t, srv, "GET", "/api/upstreams", nil, "Host", "wsgate.example"); r.status != 403 {
+			t.Errorf("GET /api/upstreams, no token, Host wsgate.example = %d, want 403", r.status)
+		}
+	})
 }
 
 func TestUpstreamsAndConfig(t *testing.T) {

@@ -136,6 +136,12 @@ type Admin struct {
 	// upstream has no healthy target, as well as while wsgate starts and
 	// drains. Default false.
 	ReadyRequiresHealthyTargets bool `yaml:"ready_requires_healthy_targets"`
+	// PublicMetrics serves /metrics without the token, as /healthz and
+	// /readyz are, for scrapers that send none (Kubernetes' prometheus.io
+	// annotations): the counters name routes and upstreams, no session
+	// and no secret. The session API and the rest still want the token.
+	// Default false.
+	PublicMetrics bool `yaml:"public_metrics"`
 }
 
 // Listener is one address to accept connections on.

@@ -1281,3 +1281,32 @@ admin: {addr: 127.0.0.1:0}
 		}
 	})
 }
+
+// TestAdminPublicMetrics: admin.public_metrics opens /metrics to a
+// scraper without the token (Kubernetes' prometheus.io annotations) and
+// nothing else; a reload that turns it off closes /metrics again.
+func TestAdminPublicMetrics(t *testing.T) {
+	needBinary(t)
+	backend := newWSBackend()
+	text := admEchoConfig(backend.start(t), []string{"chat"}, "")
+	open := strings.Replace(text, `token: "${`+admTokenEnv+`}"}`, `token: "${`+admTokenEnv+`}", public_metrics: true}`, 1)
+	if open == text {
+		t.Fatal("the admin line of admEchoConfig changed")
+	}
+	_, path, a := admStart(t, open)
+	status, _, body := a.send(t, http.MethodGet, "/metrics", nil, "", nil)
+	if status != http.StatusOK || !strings.Contains(string(body), "wsgate_") {
+		t.Fatalf("GET /metrics without the token: %d %.100q, want 200 and the metrics", status, body)
+	}
+	for _, p := range []string{"/api/sessions", "/api/config"} {
+		if status, _, _ := a.send(t, http.MethodGet, p, nil, "", nil); status != http.StatusUnauthorized {
+			t.Errorf("GET %s without the token: %d, want 401", p, status)
+		}
+	}
+	writeFile(t, path, []byte(text))
+	var res map[string]any
+	a.call(t, http.MethodPost, "/reload", nil, http.StatusOK, &res)
+	if status, _, _ := a.send(t, http.MethodGet, "/metrics", nil, "", nil); status != http.StatusUnauthorized {
+		t.Errorf("GET /metrics without the token after public_metrics was turned off: %d, want 401", status)
+	}
+}

@@ -120,16 +120,17 @@ func (g *gateway) serveAdmin(a *adminServer, cfg *config.Config) {
 // setAdminHandler makes a serve the admin API of cfg (its token).
 func (g *gateway) setAdminHandler(a *adminServer, cfg *config.Config) {
 	var h http.Handler = admin.New(admin.Options{
-		Token:     cfg.Admin.Token,
-		Sessions:  sessionsAPI{g.handler.Registry()},
-		Upstreams: g.upstreamStatus,
-		Routes:    g.routeNames,
-		Config:    func() any { return g.live().cfg.Redacted() },
-		Reload:    g.adminReload,
-		Ready:     g.ready,
-		Metrics:   g.metrics,
-		Overview:  g.overview,
-		Logger:    g.log,
+		Token:         cfg.Admin.Token,
+		Sessions:      sessionsAPI{g.handler.Registry()},
+		Upstreams:     g.upstreamStatus,
+		Routes:        g.routeNames,
+		Config:        func() any { return g.live().cfg.Redacted() },
+		Reload:        g.adminReload,
+		Ready:         g.ready,
+		Metrics:       g.metrics,
+		PublicMetrics: cfg.Admin.PublicMetrics,
+		Overview:      g.overview,
+		Logger:        g.log,
 	})
 	if old := a.handler.Swap(&h); old != nil {
 		if c, ok := (*old).(interface{ Close() }); ok {

@@ -948,6 +948,10 @@ func checkShape(p *problems, pd *podOf, w want) {
 		if a["prometheus.io/path"] != "/metrics" {
 			p.add("%s: annotation prometheus.io/path: want \"/metrics\", got %q", pd.name, a["prometheus.io/path"])
 		}
+		// The annotations' scrape job sends no credentials.
+		if adm := g.cfg.Admin; adm != nil && adm.Token != "" && !adm.PublicMetrics {
+			p.add("%s: the prometheus.io annotations scrape /metrics without credentials, and the admin token guards it: set admin.public_metrics", pd.name)
+		}
 	}
 }
 

@@ -107,6 +107,9 @@ func TestChecksCatch(t *testing.T) {
 		{"exec preStop", "edge", func(r *rendered) {
 			wsgateIn(r).Lifecycle.PreStop = &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sleep", "10"}}}
 		}, "no shell"},
+		{"metrics behind the token", "edge", func(r *rendered) {
+			edgeConfig(r, "public_metrics: true", "public_metrics: false")
+		}, "admin.public_metrics"},
 		{"scrape port", "edge", func(r *rendered) {
 			r.deployments[0].Spec.Template.Annotations["prometheus.io/port"] = "9090"
 		}, "prometheus.io/port"},
