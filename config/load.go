@@ -194,23 +194,16 @@ var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 func fieldByKey(v reflect.Value, key string) (reflect.Value, bool) {
 	t := v.Type()
 	for i := range t.NumField() {
-		f := t.Field(i)
-		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if !f.IsExported() || name == "-" {
-			continue
-		}
-		if slices.Contains(strings.Split(opts, ","), "inline") {
+		name, inline, ok := yamlKey(t.Field(i))
+		switch {
+		case !ok:
+		case inline:
 			if fv := reflect.Indirect(v.Field(i)); fv.Kind() == reflect.Struct {
 				if x, ok := fieldByKey(fv, key); ok {
 					return x, true
 				}
 			}
-			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
-		}
-		if name == key {
+		case name == key:
 			return v.Field(i), true
 		}
 	}

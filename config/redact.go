@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
 	"time"
 )
@@ -127,21 +126,17 @@ func redactFields(v reflect.Value, out map[string]any) {
 	t := v.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if !f.IsExported() || name == "-" {
-			continue
-		}
-		if slices.Contains(strings.Split(opts, ","), "inline") {
+		name, inline, ok := yamlKey(f)
+		switch {
+		case !ok:
+		case inline:
 			if fv := reflect.Indirect(v.Field(i)); fv.Kind() == reflect.Struct {
 				redactFields(fv, out)
 			}
-			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name) // as yaml.v3 names an untagged field
-		}
-		if x, ok := redact(v.Field(i), f.Tag.Get("redact")); ok {
-			out[name] = x
+		default:
+			if x, ok := redact(v.Field(i), f.Tag.Get("redact")); ok {
+				out[name] = x
+			}
 		}
 	}
 }

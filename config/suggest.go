@@ -7,6 +7,24 @@ import (
 	"strings"
 )
 
+// yamlKey returns the key yaml.v3 decodes struct field f from: its tag's
+// name, else its name in lower case; inline for a field tagged ",inline"
+// (its own fields are keys of the mapping); ok false for an unexported
+// field or one tagged "-".
+func yamlKey(f reflect.StructField) (name string, inline, ok bool) {
+	name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	if !f.IsExported() || name == "-" {
+		return "", false, false
+	}
+	if slices.Contains(strings.Split(opts, ","), "inline") {
+		return "", true, true
+	}
+	if name == "" {
+		name = strings.ToLower(f.Name)
+	}
+	return name, false, true
+}
+
 // knownKeys returns the YAML keys of struct type t (through pointers) in
 // field order, as the decoder matches them: from the yaml tags, through
 // ",inline" fields, skipping unexported fields and yaml:"-". It is nil if
@@ -22,18 +40,14 @@ func knownKeys(t reflect.Type) []string {
 	var keys []string
 	for i := range t.NumField() {
 		f := t.Field(i)
-		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if !f.IsExported() || name == "-" {
-			continue
-		}
-		if slices.Contains(strings.Split(opts, ","), "inline") {
+		name, inline, ok := yamlKey(f)
+		switch {
+		case !ok:
+		case inline:
 			keys = append(keys, knownKeys(f.Type)...)
-			continue
+		default:
+			keys = append(keys, name)
 		}
-		if name == "" {
-			name = strings.ToLower(f.Name) // as yaml.v3 names an untagged field
-		}
-		keys = append(keys, name)
 	}
 	return keys
 }

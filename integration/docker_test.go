@@ -50,20 +50,15 @@ func needDocker(t *testing.T) {
 	}
 }
 
-// TestDockerImage builds the image with scripts/image.sh (no registry
-// needed), runs it with --network host on a config that proxies to a
-// backend of this test, checks HTTP, a WebSocket echo and the image's
-// HEALTHCHECK (wsgate healthcheck), then `docker stop`s it: the open
-// WebSocket gets 1001 and the container exits 0 (wsgate, PID 1, drains
-// on SIGTERM).
-func TestDockerImage(t *testing.T) {
-	needDocker(t)
+// buildTestImage builds the image with scripts/image.sh, stamped with
+// version itest-ID, and removes it when the test ends. It returns the id,
+// the image's tag and a container name for the test.
+func buildTestImage(t *testing.T) (id, tag, name string) {
+	t.Helper()
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
-	id := hex.EncodeToString(rnd[:])
-	tag := "wsgate-itest:" + id
-	name := "wsgate-itest-" + id
-
+	id = hex.EncodeToString(rnd[:])
+	tag, name = "wsgate-itest:"+id, "wsgate-itest-"+id
 	build := exec.Command("./scripts/image.sh", "-t", tag)
 	build.Dir = moduleRoot
 	build.Env = append(processEnv(), "VERSION=itest-"+id)
@@ -75,6 +70,18 @@ func TestDockerImage(t *testing.T) {
 			t.Logf("remove image: %v", err)
 		}
 	})
+	return id, tag, name
+}
+
+// TestDockerImage builds the image with scripts/image.sh (no registry
+// needed), runs it with --network host on a config that proxies to a
+// backend of this test, checks HTTP, a WebSocket echo and the image's
+// HEALTHCHECK (wsgate healthcheck), then `docker stop`s it: the open
+// WebSocket gets 1001 and the container exits 0 (wsgate, PID 1, drains
+// on SIGTERM).
+func TestDockerImage(t *testing.T) {
+	needDocker(t)
+	id, tag, name := buildTestImage(t)
 
 	// What the image is.
 	inspect := func(format string) string {
@@ -233,23 +240,10 @@ admin:
 // reports healthy, and the demo page is served through the proxy.
 func TestDockerDemo(t *testing.T) {
 	needDocker(t)
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	id := hex.EncodeToString(rnd[:])
-	tag := "wsgate-itest:" + id
-	name := "wsgate-itest-" + id
-	build := exec.Command("./scripts/image.sh", "-t", tag)
-	build.Dir = moduleRoot
-	build.Env = append(processEnv(), "VERSION=itest-"+id)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("scripts/image.sh: %v\n%s", err, out)
-	}
+	_, tag, name := buildTestImage(t)
 	t.Cleanup(func() {
 		if _, err := docker(t, time.Minute, "rm", "-f", name); err != nil {
 			t.Logf("remove container: %v", err)
-		}
-		if _, err := docker(t, time.Minute, "image", "rm", "-f", tag); err != nil {
-			t.Logf("remove image: %v", err)
 		}
 	})
 	if _, err := docker(t, time.Minute, "run", "-d", "--name", name,
