@@ -132,6 +132,11 @@ type Admin struct {
 	// ${WSGATE_ADMIN_TOKEN}, rather than in the file. Default none, which
 	// Addr allows only on a loopback address.
 	Token string `yaml:"token" redact:"secret"`
+	// TokenFile names a file that holds the token instead (surrounding
+	// white space dropped): a mounted Kubernetes or Docker secret. wsgate
+	// watches it, and a new token takes effect at once, without a
+	// restart. Not with Token. Default none.
+	TokenFile string `yaml:"token_file"`
 	// ReadyRequiresHealthyTargets makes /readyz answer 503 while some
 	// upstream has no healthy target, as well as while wsgate starts and
 	// drains. Default false.

@@ -238,6 +238,16 @@ const minAdminToken = 16
 // admin checks the admin listener's settings against the listeners.
 func (v *validator) admin(path string, a *Admin, ls []Listener) {
 	apath := path + ".addr"
+	if a.TokenFile != "" {
+		if a.Token != "" {
+			v.atf(path+".token_file", "set token or token_file, not both")
+		} else if data, ok := v.readFile(path+".token_file", "token file", &a.TokenFile); ok {
+			a.Token = strings.TrimSpace(string(data))
+			if a.Token == "" {
+				v.atf(path+".token_file", "token file %q is empty", a.TokenFile)
+			}
+		}
+	}
 	for i := 0; i < len(a.Token); i++ {
 		// The token is sent in a header line: no control character and,
 		// since "Bearer TOKEN" is split at spaces, no space. The message

@@ -1310,3 +1310,45 @@ func TestAdminPublicMetrics(t *testing.T) {
 		t.Errorf("GET /metrics without the token after public_metrics was turned off: %d, want 401", status)
 	}
 }
+
+// TestAdminTokenFile: with admin.token_file, a new token written to the
+// file (a rotated Kubernetes or Docker secret) takes effect without a
+// restart or a SIGHUP, and the old one stops working.
+func TestAdminTokenFile(t *testing.T) {
+	needBinary(t)
+	backend := newWSBackend()
+	dir := t.TempDir()
+	tokenPath := filepath.Join(dir, "token")
+	oldToken, newToken := admNewToken(t), admNewToken(t)
+	writeFile(t, tokenPath, []byte(oldToken+"\n"))
+	text := admEchoConfig(backend.start(t), []string{"chat"}, "")
+	withFile := strings.Replace(text, `token: "${`+admTokenEnv+`}"}`, `token_file: token}`, 1)
+	if withFile == text {
+		t.Fatal("the admin line of admEchoConfig changed")
+	}
+	path := filepath.Join(dir, "wsgate.yaml")
+	writeFile(t, path, []byte(withFile))
+	g := startGatewayFile(t, path, nil)
+	a := newAdmAPI(t, g, oldToken)
+	if status, _, body := a.send(t, http.MethodGet, "/api/sessions", nil, "Bearer "+oldToken, nil); status != http.StatusOK {
+		t.Fatalf("GET /api/sessions with the file's token: %d %.100q", status, body)
+	}
+	if status, _, _ := a.send(t, http.MethodGet, "/api/sessions", nil, "Bearer "+newToken, nil); status != http.StatusUnauthorized {
+		t.Fatalf("GET /api/sessions with a token not yet in the file: %d, want 401", status)
+	}
+	writeFile(t, tokenPath, []byte(newToken+"\n"))
+	deadline := time.Now().Add(startTimeout)
+	for {
+		status, _, _ := a.send(t, http.MethodGet, "/api/sessions", nil, "Bearer "+newToken, nil)
+		if status == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rotated token was not taken within %v (status %d)", startTimeout, status)
+		}
+		<-time.After(50 * time.Millisecond) // the file watch debounces
+	}
+	if status, _, _ := a.send(t, http.MethodGet, "/api/sessions", nil, "Bearer "+oldToken, nil); status != http.StatusUnauthorized {
+		t.Errorf("GET /api/sessions with the old token after the rotation: %d, want 401", status)
+	}
+}

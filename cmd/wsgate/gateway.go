@@ -297,7 +297,8 @@ func startSets(sets map[string]*upstream.Set) {
 
 // watchedFiles returns the files a change of which reloads: the config
 // file and every file it names (certificates, keys, CA files, static
-// roots, whose existence matters, JWT keys and JWK Sets).
+// roots, whose existence matters, JWT keys and JWK Sets, the admin
+// token file).
 func watchedFiles(path string, cfg *config.Config) []string {
 	files := []string{path}
 	if cfg == nil {
@@ -314,6 +315,9 @@ func watchedFiles(path string, cfg *config.Config) []string {
 		if u := cfg.Upstreams[name]; u.TLS != nil && u.TLS.CA != "" {
 			files = append(files, u.TLS.CA)
 		}
+	}
+	if cfg.Admin != nil && cfg.Admin.TokenFile != "" {
+		files = append(files, cfg.Admin.TokenFile) // a rotated secret
 	}
 	for _, r := range cfg.Routes {
 		if r.Static != nil {
