@@ -312,6 +312,12 @@ type Health struct {
 	HealthyAfter int `yaml:"healthy_after"`
 	// UnhealthyAfter failures in a row take a target out. Default 3.
 	UnhealthyAfter int `yaml:"unhealthy_after"`
+	// StartUnhealthy keeps a target out of rotation until its first
+	// check passes, when wsgate has not seen it before: at start, added by
+	// a reload, or discovered by DNS (a new pod that is not ready yet).
+	// With admin.ready_requires_healthy_targets, /readyz then waits for
+	// the backends. Default false: a target is in rotation at once.
+	StartUnhealthy bool `yaml:"start_unhealthy"`
 	// Headers are sent with every check; a Host here replaces the
 	// target's host. Default none.
 	Headers map[string]string `yaml:"headers" redact:"headers"`

@@ -45,6 +45,7 @@ var schemaComments = map[string]string{
 	"Health.HealthyAfter":                "healthy_after passes in a row bring an unhealthy target back. Default 2.",
 	"Health.Interval":                    "interval is the time between two checks of a target (±10 %). Default 10s.",
 	"Health.Path":                        "path is the request path of an HTTP GET check, such as \"/healthz\". Default none (then websocket is required).",
+	"Health.StartUnhealthy":              "start_unhealthy keeps a target out of rotation until its first check passes, when wsgate has not seen it before: at start, added by a reload, or discovered by DNS (a new pod that is not ready yet). With admin.ready_requires_healthy_targets, /readyz then waits for the backends. Default false: a target is in rotation at once.",
 	"Health.Timeout":                     "timeout bounds one check; at most interval. Default 5s, or interval when that is shorter.",
 	"Health.UnhealthyAfter":              "unhealthy_after failures in a row take a target out. Default 3.",
 	"Health.WebSocket":                   "websocket configures a WebSocket check. Default none.",

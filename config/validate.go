@@ -612,6 +612,7 @@ func (v *validator) health(path string, h *Health) *upstream.Health {
 	v.count(path+".healthy_after", &h.HealthyAfter, defaultHealthyAfter)
 	v.count(path+".unhealthy_after", &h.UnhealthyAfter, defaultUnhealthyAfter)
 	hc.HealthyAfter, hc.UnhealthyAfter = h.HealthyAfter, h.UnhealthyAfter
+	hc.StartUnhealthy = h.StartUnhealthy
 	for _, hd := range v.headerSet(path+".headers", h.Headers) {
 		hc.Headers = append(hc.Headers, upstream.Header{Name: hd.Name, Value: hd.Value})
 	}

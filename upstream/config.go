@@ -216,6 +216,10 @@ type Health struct {
 	HealthyAfter int
 	// UnhealthyAfter failures in a row take a target out.
 	UnhealthyAfter int
+	// StartUnhealthy keeps a target the set has not seen before (at
+	// start, added by a reload, or discovered) out of rotation until its
+	// first check passes.
+	StartUnhealthy bool
 	// Headers are sent with every check (a Host here replaces the
 	// target's host).
 	Headers []Header

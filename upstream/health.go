@@ -71,8 +71,9 @@ func jitter(d time.Duration, f float64) time.Duration {
 	return time.Duration(rand.Float64() * f * float64(d))
 }
 
-// checkPassed brings t back after HealthyAfter passes in a row, and ends
-// an ejection at once.
+// checkPassed brings t back after HealthyAfter passes in a row (one for
+// a target that started unhealthy and was never checked), and ends an
+// ejection at once.
 func (s *Set) checkPassed(t *Target, passes int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -81,10 +82,14 @@ func (s *Set) checkPassed(t *Target, passes int) {
 	if down&downEjected != 0 {
 		s.readmit(t, time.Now().UnixNano(), "health check passed")
 	}
-	if down&downUnhealthy != 0 && passes >= s.cfg.Health.HealthyAfter && st.clearDown(downUnhealthy) {
+	need, reason := s.cfg.Health.HealthyAfter, "health check passed"
+	if st.unchecked.Swap(false) {
+		need, reason = 1, "first health check passed"
+	}
+	if down&downUnhealthy != 0 && passes >= need && st.clearDown(downUnhealthy) {
 		s.rebuild()
 		if st.down.Load() == 0 {
-			s.log.Info("target healthy", "target", t.URL, "reason", "health check passed", "passes", passes)
+			s.log.Info("target healthy", "target", t.URL, "reason", reason, "passes", passes)
 		}
 	}
 }
@@ -94,6 +99,9 @@ func (s *Set) checkFailed(t *Target, fails int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := t.st
+	// A target that started unhealthy fails its first check: it now
+	// needs HealthyAfter passes, as any unhealthy target.
+	st.unchecked.Store(false)
 	if fails < s.cfg.Health.UnhealthyAfter || !st.setDown(downUnhealthy) {
 		return
 	}

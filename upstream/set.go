@@ -167,6 +167,10 @@ func (s *Set) newTarget(tc TargetConfig, addr string) *Target {
 	st := s.states[t.URL]
 	if st == nil {
 		st = &state{url: t.URL}
+		if h := s.cfg.Health; h != nil && h.StartUnhealthy {
+			st.down.Store(downUnhealthy)
+			st.unchecked.Store(true)
+		}
 		s.states[t.URL] = st
 	}
 	t.st = st

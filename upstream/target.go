@@ -44,6 +44,10 @@ type state struct {
 	sessions atomic.Int64
 	// down holds downUnhealthy and downEjected; 0 means in rotation.
 	down atomic.Uint32
+	// unchecked is set while a target that started unhealthy
+	// (Health.StartUnhealthy) waits for its first passing check, which
+	// alone brings it in.
+	unchecked atomic.Bool
 	// failing is the kind of failure last logged (failRefused, …); 0
 	// while the target answers. It rate-limits the failure log lines to
 	// one per change.
