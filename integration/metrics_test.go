@@ -72,6 +72,14 @@ func metLabels(kv ...string) map[string]string {
 	return m
 }
 
+// metRoute returns metLabels for the series of one route and upstream,
+// with more labels given as kv.
+func metRoute(route, upstream string) func(kv ...string) map[string]string {
+	return func(kv ...string) map[string]string {
+		return metLabels(append([]string{"route", route, "upstream", upstream}, kv...)...)
+	}
+}
+
 // value returns the sum over the series of name that have every label in
 // labels (a histogram counts its observations), and how many there are.
 func (f metFamilies) value(name string, labels map[string]string) (float64, int) {

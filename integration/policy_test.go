@@ -732,9 +732,7 @@ routes:
 	if tok != hex.EncodeToString(f.payload) && backendPings > 0 {
 		t.Errorf("backend pinged with %s, the client with %x: want wsgate's one token", tok, f.payload)
 	}
-	route := func(kv ...string) map[string]string {
-		return metLabels(append([]string{"route", "silent-client", "upstream", "node"}, kv...)...)
-	}
+	route := metRoute("silent-client", "node")
 	metWait(t, a, "the ping timeout counted",
 		metWant{"wsgate_websocket_pings_total", route("side", "client"), 1},
 		metWant{"wsgate_websocket_pings_total", route("side", "backend"), float64(backendPings)},
@@ -841,9 +839,7 @@ routes:
 	if len(s.frames) > 0 && clientPings > 0 && token != hex.EncodeToString(s.frames[0].payload) {
 		t.Errorf("client pinged with %s, backend with %x: want wsgate's one token", token, s.frames[0].payload)
 	}
-	route := func(kv ...string) map[string]string {
-		return metLabels(append([]string{"route", "silent-backend", "upstream", "silent"}, kv...)...)
-	}
+	route := metRoute("silent-backend", "silent")
 	metWait(t, a, "the ping timeout counted",
 		metWant{"wsgate_websocket_pings_total", route("side", "backend"), 1},
 		metWant{"wsgate_websocket_pings_total", route("side", "client"), float64(clientPings)},
@@ -917,9 +913,7 @@ routes:
 	if got := rec.get("/rate"); !slices.Equal(got, []string{"m1", "m2", "m3"}) {
 		t.Errorf("backend received %q, want m1 m2 m3", got)
 	}
-	route := func(kv ...string) map[string]string {
-		return metLabels(append([]string{"route", "rate-close", "upstream", "echo"}, kv...)...)
-	}
+	route := metRoute("rate-close", "echo")
 	metWait(t, a, "the rate limit close counted",
 		metWant{"wsgate_websocket_rate_limit_closes_total", route("side", "client"), 1},
 		metWant{"wsgate_websocket_rate_limit_closes_total", route("side", "backend"), 0},
@@ -986,9 +980,7 @@ routes:
 	if got := rec.get("/drop"); !slices.Equal(got, []string{"one", "two", "five"}) {
 		t.Errorf("backend received %q, want one two five", got)
 	}
-	route := func(kv ...string) map[string]string {
-		return metLabels(append([]string{"route", "rate-drop", "upstream", "echo"}, kv...)...)
-	}
+	route := metRoute("rate-drop", "echo")
 	metWait(t, a, "the dropped messages counted",
 		metWant{"wsgate_websocket_dropped_messages_total", route("side", "client"), 2},
 		metWant{"wsgate_websocket_dropped_messages_total", route("side", "backend"), 0},
